@@ -1,0 +1,13 @@
+# disk-formats/: libdiskfmt and p2v-img.
+noinst_LTLIBRARIES += libdiskfmt.la
+libdiskfmt_la_SOURCES = \
+	disk-formats/diskfmt.h \
+	disk-formats/diskfmt-int.h \
+	disk-formats/diskfmt.c \
+	disk-formats/raw.c \
+	disk-formats/qcow2.c \
+	disk-formats/vmdk.c \
+	disk-formats/vhd.c \
+	disk-formats/vhdx.c
+libdiskfmt_la_CFLAGS = $(AM_CFLAGS) $(ZLIB_CFLAGS) $(ZSTD_CFLAGS) $(VHDI_CFLAGS)
+libdiskfmt_la_LIBADD = libp2vcommon.la $(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
