@@ -11,3 +11,7 @@ libdiskfmt_la_SOURCES = \
 	disk-formats/vhdx.c
 libdiskfmt_la_CFLAGS = $(AM_CFLAGS) $(ZLIB_CFLAGS) $(ZSTD_CFLAGS) $(VHDI_CFLAGS)
 libdiskfmt_la_LIBADD = libp2vcommon.la $(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
+
+include disk-formats/qcow2.mk
+include disk-formats/vmdk.mk
+include disk-formats/vhd.mk
