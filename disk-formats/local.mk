@@ -15,3 +15,8 @@ libdiskfmt_la_LIBADD = libp2vcommon.la $(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
 include disk-formats/qcow2.mk
 include disk-formats/vmdk.mk
 include disk-formats/vhd.mk
+
+bin_PROGRAMS += p2v-img
+p2v_img_SOURCES = disk-formats/p2v-img.c
+p2v_img_LDADD = libdiskfmt.la libp2vcommon.la $(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
+dist_man_MANS += docs/man/p2v-img.1
