@@ -61,6 +61,9 @@ extern const struct diskfmt_ops diskfmt_vhdx_ops;
 
 /* The allocated size of an open file (st_blocks * 512); 0 when unknown. */
 uint64_t diskfmt_file_allocated(int fd);
+/* fdatasync(fd) unless durability is off (diskfmt_set_sync); every driver syncs
+ * through it. */
+int diskfmt_fdatasync(int fd);
 /* Generic zero: write zero buffers through ops->pwrite. */
 int diskfmt_zero_by_writing(struct diskfmt *d, uint64_t off, uint64_t len,
                             struct p2v_err *err);

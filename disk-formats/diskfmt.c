@@ -299,3 +299,17 @@ int diskfmt_status_all_data(struct diskfmt *d, uint64_t off, uint64_t len, uint6
     *flags = 0;
     return 0;
 }
+
+/* Durability of finished images (see diskfmt_set_sync). One setting per process, as a
+ * tool's cache mode is; atomic so that threads may read it while main sets it early. */
+static _Atomic bool sync_enabled = true;
+
+void diskfmt_set_sync(bool on)
+{
+    sync_enabled = on;
+}
+
+int diskfmt_fdatasync(int fd)
+{
+    return sync_enabled ? fdatasync(fd) : 0;
+}

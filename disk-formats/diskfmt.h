@@ -95,6 +95,13 @@ void diskfmt_abandon(struct diskfmt *d);
  * closes the object). Always includes "format", "virtual-size", "actual-size". */
 int diskfmt_info(struct diskfmt *d, struct p2v_json *j, struct p2v_err *err);
 
+/* Durability (process-wide, default on). On: every writer fdatasyncs its data before it
+ * marks an image complete (qcow2 dirty bit cleared, VMDK footer / descriptor, VHD
+ * footer), so the image is complete after a power loss too. Off (p2v-img -t unsafe, as
+ * qemu-img convert's default): nothing is synced; the ordering in the page cache still
+ * means a killed writer never leaves an image that passes as complete. */
+void diskfmt_set_sync(bool on);
+
 /* Consistency check (like qemu-img check). */
 struct diskfmt_check {
     uint64_t errors;     /* corruptions: the image cannot be trusted */

@@ -31,7 +31,7 @@ static void usage(FILE *fp)
             "\n"
             "commands:\n"
             "  info [-f FMT] [--json] FILE\n"
-            "  convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [--json-progress] SRC DST\n"
+            "  convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-t CACHE] [--json-progress] SRC DST\n"
             "  check [-f FMT] [--json] FILE\n"
             "  compare [-f FMT] [-F FMT] [-p] A B\n"
             "\n"
@@ -42,6 +42,8 @@ static void usage(FILE *fp)
             "  compression_type=zlib|zstd   (qcow2, with -c)\n"
             "  cluster_size=SIZE            (qcow2 cluster, vmdk grain)\n"
             "  adapter_type=ide|lsilogic|buslogic|pvscsi                   (vmdk)\n"
+            "convert -t CACHE: writeback (default: data synced before the image is\n"
+            "  marked complete) or unsafe (no sync, as qemu-img convert's default)\n"
             "\n"
             "exit status: info/convert 0 ok, 1 error; check 0 clean, 1 error, 2 corrupt,\n"
             "3 leaks only; compare 0 identical, 1 different, 2 error.\n"
@@ -167,10 +169,27 @@ static void *reader_main(void *arg)
         pthread_mutex_unlock(&pl->lock);
         if (stop)
             break;
+        /* Chunks start and end on the destination's grain boundaries (all but the
+         * last), so that formats that take whole clusters (compressed qcow2,
+         * streamOptimized VMDK) see aligned writes. A run that ends inside a grain is
+         * cut back to the boundary; one that does not even reach it is read up to the
+         * boundary as data (zero-grain skipping in the writer still sees its zeros). */
+        bool zero = (flags & DISKFMT_STATUS_ZERO) != 0;
+        uint64_t end = off + run;
+        if (end < pl->size && end % pl->grain) {
+            uint64_t down = end - end % pl->grain;
+            if (down > off) {
+                end = down;
+            } else {
+                end = P2V_MIN(down + pl->grain, pl->size);
+                zero = false;
+            }
+            run = end - off;
+        }
         struct chunk *c = &pl->ring[pl->head % RING_SLOTS];
         c->off = off;
         c->len = run;
-        c->zero = (flags & DISKFMT_STATUS_ZERO) != 0;
+        c->zero = zero;
         if (!c->zero && diskfmt_pread(pl->src, c->buf, run, off, &err) < 0) {
             failed = true;
             break;
@@ -232,7 +251,7 @@ static int run_pipeline(struct diskfmt *src, struct diskfmt *dst, struct p2v_pro
     memset(&pl, 0, sizeof pl);
     pl.src = src;
     pl.size = diskfmt_size(src);
-    pl.grain = diskfmt_block_size(dst);
+    pl.grain = P2V_MAX(diskfmt_block_size(dst), diskfmt_write_align(dst));
     if (pl.grain == 0 || pl.grain > CHUNK_SIZE || CHUNK_SIZE % pl.grain)
         pl.grain = 4096;
     int r = -1;
@@ -435,8 +454,20 @@ static int cmd_convert(int argc, char **argv)
     char *o_arg = NULL;
     bool compress = false, progress = false, json_progress = false;
     int c;
-    while ((c = getopt_long(argc, argv, "f:O:o:cpnh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:O:o:cpnt:h", opts, NULL)) != -1) {
         switch (c) {
+        case 't':
+            /* qemu-img's cache modes, reduced to what they mean for a finished image */
+            if (!strcmp(optarg, "unsafe")) {
+                diskfmt_set_sync(false);
+            } else if (!strcmp(optarg, "writeback") || !strcmp(optarg, "none") ||
+                       !strcmp(optarg, "writethrough") || !strcmp(optarg, "directsync")) {
+                diskfmt_set_sync(true);
+            } else {
+                p2v_error("unknown cache mode '%s' (writeback or unsafe)", optarg);
+                return 1;
+            }
+            break;
         case 'f': src_fmt = optarg; break;
         case 'O': dst_fmt = optarg; break;
         case 'o': o_arg = optarg; break;

@@ -158,7 +158,7 @@ static int raw_block_status(struct diskfmt *d, uint64_t off, uint64_t len, uint6
 static int raw_flush(struct diskfmt *d, struct p2v_err *err)
 {
     struct raw *r = d->priv;
-    if (fdatasync(r->fd) < 0)
+    if (diskfmt_fdatasync(r->fd) < 0)
         return p2v_err_errno(err, "cannot flush '%s'", d->path);
     return 0;
 }
@@ -167,7 +167,7 @@ static int raw_close(struct diskfmt *d, bool finish, struct p2v_err *err)
 {
     struct raw *r = d->priv;
     int ret = 0;
-    if (finish && d->writable && fdatasync(r->fd) < 0 && errno != EINVAL)
+    if (finish && d->writable && diskfmt_fdatasync(r->fd) < 0 && errno != EINVAL)
         ret = p2v_err_errno(err, "cannot flush '%s'", d->path);
     if (close(r->fd) < 0 && ret == 0 && finish)
         ret = p2v_err_errno(err, "cannot close '%s'", d->path);

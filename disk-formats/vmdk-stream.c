@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "diskfmt-int.h"
 #include "vmdk.h"
 
 /* Grains in flight between the caller and the compressors: enough to keep two cores busy
@@ -452,7 +453,7 @@ int vmdk_stream_finish(struct vmdk_stream *s, struct p2v_err *err)
     if (out_flush(s, err) < 0)
         goto out;
     /* everything the footer vouches for is on disk before the footer is */
-    if (fdatasync(s->fd) < 0) {
+    if (diskfmt_fdatasync(s->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", s->path);
         goto out;
     }
@@ -472,7 +473,7 @@ int vmdk_stream_finish(struct vmdk_stream *s, struct p2v_err *err)
         p2v_err_errno(err, "cannot set the size of '%s'", s->path);
         goto out;
     }
-    if (fdatasync(s->fd) < 0) {
+    if (diskfmt_fdatasync(s->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", s->path);
         goto out;
     }

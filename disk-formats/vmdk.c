@@ -1056,7 +1056,7 @@ static int sparse_begin_writing(struct vmdk *v, size_t ei, struct p2v_err *err)
     uint8_t one = 1;
     if (write_exact(e->fd, &one, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
         goto out;
-    if (fdatasync(e->fd) < 0) {
+    if (diskfmt_fdatasync(e->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", e->path);
         goto out;
     }
@@ -1380,7 +1380,7 @@ static int sync_all(struct vmdk *v, struct p2v_err *err)
 {
     for (size_t i = 0; i < v->n_ext; i++) {
         struct extent *e = &v->ext[i];
-        if (e->fd >= 0 && fdatasync(e->fd) < 0)
+        if (e->fd >= 0 && diskfmt_fdatasync(e->fd) < 0)
             return p2v_err_errno(err, "cannot flush '%s'", e->path);
     }
     return 0;
@@ -1471,7 +1471,7 @@ static int create_sparse(struct diskfmt *d, struct vmdk *v, uint64_t grain_secto
         return -1;
     if (ftruncate(v->fd, (off_t)(h.overhead * VMDK_SECTOR)) < 0)
         return p2v_err_errno(err, "cannot set the size of '%s'", d->path);
-    if (fdatasync(v->fd) < 0)
+    if (diskfmt_fdatasync(v->fd) < 0)
         return p2v_err_errno(err, "cannot flush '%s'", d->path);
     struct extent *e = &v->ext[0];
     struct sparse *sp = calloc(1, sizeof *sp);
@@ -1660,7 +1660,7 @@ static int finish_flat(struct diskfmt *d, struct vmdk *v, struct p2v_err *err)
     struct extent *e = &v->ext[0];
     struct vmdk_desc_out_extent x = {.sectors = v->capacity, .type = "FLAT", .name = e->name};
     int ret = -1;
-    if (fdatasync(e->fd) < 0) {
+    if (diskfmt_fdatasync(e->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", e->path);
         goto out;
     }
@@ -1669,7 +1669,7 @@ static int finish_flat(struct diskfmt *d, struct vmdk *v, struct p2v_err *err)
         goto out;
     if (write_exact(v->fd, desc.data, desc.len, 0, d->path, err) < 0)
         goto out;
-    if (ftruncate(v->fd, (off_t)desc.len) < 0 || fdatasync(v->fd) < 0) {
+    if (ftruncate(v->fd, (off_t)desc.len) < 0 || diskfmt_fdatasync(v->fd) < 0) {
         p2v_err_errno(err, "cannot write the descriptor '%s'", d->path);
         goto out;
     }
@@ -1692,7 +1692,7 @@ static int finish_sparse(struct vmdk *v, struct p2v_err *err)
         uint8_t zero = 0;
         if (write_exact(e->fd, &zero, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
             return -1;
-        if (fdatasync(e->fd) < 0)
+        if (diskfmt_fdatasync(e->fd) < 0)
             return p2v_err_errno(err, "cannot flush '%s'", e->path);
         e->sp->unclean_set = false;
     }
