@@ -7,3 +7,19 @@ tests_unit_common_test_common_LDADD = libp2vcommon.la
 TESTS += tests/unit/common/test-common
 
 EXTRA_DIST += tests/tap.h
+
+# Integration tests of our own programs (run in the sanitizer build too).
+CODE_TESTS = \
+	tests/integration/p2v-img-roundtrip.sh \
+	tests/integration/p2v-img-errors.sh \
+	tests/integration/p2v-img-kill.sh
+# Fixture proofs: QEMU boots the "physical machines" (no code of ours runs).
+FIXTURE_TESTS = \
+	tests/integration/fixture-mini-bios.sh \
+	tests/integration/fixture-mini-uefi.sh \
+	tests/integration/fixture-debian12-bios.sh
+TESTS += $(CODE_TESTS) $(FIXTURE_TESTS)
+EXTRA_DIST += $(CODE_TESTS) $(FIXTURE_TESTS) tests/bench tests/fuzz
+
+# The sanitizer build runs every test but the fixture proofs.
+SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS),$(TESTS))
