@@ -24,7 +24,7 @@ for fmt in "${formats[@]}"; do
     complete=0 killed=0 bad=0
     for k in $(seq "$kills"); do
         dst=$work/out-$k.$base
-        delay=$(awk -v m="$ms" -v s="$RANDOM" 'BEGIN {srand(s); printf "%.3f", rand() * m / 1000}')
+        delay=$(awk -v m="$ms" -v s="$RANDOM" 'BEGIN {srand(s); printf "%.3f", rand() * m * 0.8 / 1000}')
         $img convert -O $fmt "$src" "$dst" 2>/dev/null &
         pid=$!
         sleep "$delay"
