@@ -23,3 +23,6 @@ EXTRA_DIST += $(CODE_TESTS) $(FIXTURE_TESTS) tests/bench tests/fuzz
 
 # The sanitizer build runs every test but the fixture proofs.
 SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS),$(TESTS))
+print-sanitizer-tests:
+	@echo $(SANITIZER_TESTS)
+.PHONY: print-sanitizer-tests
