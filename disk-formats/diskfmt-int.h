@@ -64,6 +64,15 @@ uint64_t diskfmt_file_allocated(int fd);
 /* fdatasync(fd) unless durability is off (diskfmt_set_sync); every driver syncs
  * through it. */
 int diskfmt_fdatasync(int fd);
+/* Read exactly @len bytes at @off of @fd (the file @path); a short read is an error
+ * naming the offset where the file ended. */
+int diskfmt_read_exact(int fd, void *buf, size_t len, uint64_t off, const char *path,
+                       struct p2v_err *err);
+int diskfmt_write_exact(int fd, const void *buf, size_t len, uint64_t off,
+                        const char *path, struct p2v_err *err);
+/* True when the @len bytes at @p look incompressible (Renyi order-2 entropy of a
+ * sample), so that compressing writers store them as they are. */
+bool diskfmt_looks_incompressible(const uint8_t *p, size_t len);
 /* Generic zero: write zero buffers through ops->pwrite. */
 int diskfmt_zero_by_writing(struct diskfmt *d, uint64_t off, uint64_t len,
                             struct p2v_err *err);

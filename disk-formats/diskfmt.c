@@ -313,3 +313,54 @@ int diskfmt_fdatasync(int fd)
 {
     return sync_enabled ? fdatasync(fd) : 0;
 }
+
+int diskfmt_read_exact(int fd, void *buf, size_t len, uint64_t off, const char *path,
+                       struct p2v_err *err)
+{
+    ssize_t n = p2v_pread_full(fd, buf, len, off);
+    if (n < 0)
+        return p2v_err_errno(err, "'%s': read error at offset %llu", path,
+                             (unsigned long long)off);
+    if ((size_t)n < len)
+        return p2v_err_set(err, EIO, "'%s': unexpected end of file at offset %llu", path,
+                           (unsigned long long)(off + (uint64_t)n));
+    return 0;
+}
+
+int diskfmt_write_exact(int fd, const void *buf, size_t len, uint64_t off,
+                        const char *path, struct p2v_err *err)
+{
+    if (p2v_pwrite_full(fd, buf, len, off) < 0)
+        return p2v_err_errno(err, "'%s': write error at offset %llu", path,
+                             (unsigned long long)off);
+    return 0;
+}
+
+/* Renyi order-2 entropy on two 4 KiB samples, integer only: for N bytes with counts c[i],
+ * sum c^2 is ~N^2/256 for random data and far larger for anything deflate or zstd
+ * shrinks. Below 1.5x the random value (H2 > 7.4 bits per byte) the block is called
+ * incompressible. A wrong guess costs only size or time, never correctness. */
+bool diskfmt_looks_incompressible(const uint8_t *p, size_t len)
+{
+    uint32_t c[256] = {0};
+    size_t n = 0, sample = 4096;
+    if (len < 2 * sample) {
+        for (size_t i = 0; i < len; i++)
+            c[p[i]]++;
+        n = len;
+    } else {
+        for (size_t i = 0; i < sample; i++)
+            c[p[i]]++;
+        const uint8_t *m = p + len / 2;
+        for (size_t i = 0; i < sample; i++)
+            c[m[i]]++;
+        n = 2 * sample;
+    }
+    if (n < 512)
+        return false;
+    uint64_t sq = 0;
+    for (int i = 0; i < 256; i++)
+        sq += (uint64_t)c[i] * c[i];
+    /* sq < 1.5 * n^2 / 256  <=>  512 * sq < 3 * n^2 */
+    return 512 * sq < 3 * (uint64_t)n * n;
+}

@@ -145,7 +145,7 @@ static void compressor_end(struct compressor *c)
 static int compress_job(struct compressor *c, struct cjob *j, uint32_t cs)
 {
     j->out_len = 0;
-    if (qcow2_looks_incompressible(j->in, cs))
+    if (diskfmt_looks_incompressible(j->in, cs))
         return 0;
     if (c->kind == DISKFMT_COMPRESS_ZSTD) {
         size_t r = ZSTD_compress2(c->zc, j->out, cs - 1, j->in, cs);

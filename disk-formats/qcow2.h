@@ -187,9 +187,6 @@ static inline unsigned qcow2_csize_shift(unsigned cluster_bits)
  * 8 bits and up, least significant bit first below). */
 uint64_t qcow2_refcount_get(const uint8_t *blk, uint64_t index, unsigned order);
 
-/* True when the @len bytes at @p look incompressible (Renyi order-2 entropy of a sample
- * above ~7.4 bits per byte): the writer then stores the cluster as it is without trying. */
-bool qcow2_looks_incompressible(const uint8_t *p, size_t len);
 
 /* ------------------------------------------------------------------ driver state */
 

@@ -84,27 +84,7 @@ struct vhd {
 
 /* ------------------------------------------------------------------ helpers */
 
-static int read_exact(int fd, void *buf, size_t len, uint64_t off, const char *path,
-                      struct p2v_err *err)
-{
-    ssize_t n = p2v_pread_full(fd, buf, len, off);
-    if (n < 0)
-        return p2v_err_errno(err, "'%s': read error at offset %llu", path,
-                             (unsigned long long)off);
-    if ((size_t)n < len)
-        return p2v_err_set(err, EIO, "'%s': unexpected end of file at offset %llu", path,
-                           (unsigned long long)(off + (uint64_t)n));
-    return 0;
-}
 
-static int write_exact(int fd, const void *buf, size_t len, uint64_t off, const char *path,
-                       struct p2v_err *err)
-{
-    if (p2v_pwrite_full(fd, buf, len, off) < 0)
-        return p2v_err_errno(err, "'%s': write error at offset %llu", path,
-                             (unsigned long long)off);
-    return 0;
-}
 
 static void vhd_free(struct vhd *v)
 {
@@ -170,7 +150,7 @@ static int vhd_validate(int fd, uint64_t fsize, const char *path, struct vhd_met
     }
     /* VHDSPEC "Hard Disk Footer Format": the footer is the file's last 512 bytes */
     uint64_t at = fsize - VHD_FOOTER_SIZE;
-    if (read_exact(fd, tail, sizeof tail, at, path, is->err) < 0)
+    if (diskfmt_read_exact(fd, tail, sizeof tail, at, path, is->err) < 0)
         return -2;
     if (vhd_footer_parse(tail, sizeof tail, path, at, &m->f, &perr) < 0) {
         /* a dynamic disk starts with a copy of its footer: if that is intact, the end of
@@ -205,7 +185,7 @@ static int vhd_validate(int fd, uint64_t fsize, const char *path, struct vhd_met
     /* VHDSPEC "Dynamic Disk Header Format": the footer copy at 0 must match the footer;
      * readers use the one at the end, so a bad copy only matters to check */
     if (is->count) {
-        if (read_exact(fd, head, sizeof head, 0, path, is->err) < 0)
+        if (diskfmt_read_exact(fd, head, sizeof head, 0, path, is->err) < 0)
             return -2;
         if (!vhd_footer_valid(head, sizeof head))
             vhd_issue(is, EINVAL, "'%s': the copy of the footer at offset 0 is missing or "
@@ -222,7 +202,7 @@ static int vhd_validate(int fd, uint64_t fsize, const char *path, struct vhd_met
                   (unsigned long long)fsize);
         return -1;
     }
-    if (read_exact(fd, hbuf, sizeof hbuf, hoff, path, is->err) < 0)
+    if (diskfmt_read_exact(fd, hbuf, sizeof hbuf, hoff, path, is->err) < 0)
         return -2;
     if (vhd_dyn_header_parse(hbuf, sizeof hbuf, path, hoff, &m->h, &perr) < 0) {
         vhd_issue(is, perr.code, "%s", perr.msg);
@@ -262,7 +242,7 @@ static int vhd_validate(int fd, uint64_t fsize, const char *path, struct vhd_met
         ret = -2;
         goto out;
     }
-    if (read_exact(fd, raw, (size_t)needed * 4, m->h.table_offset, path, is->err) < 0) {
+    if (diskfmt_read_exact(fd, raw, (size_t)needed * 4, m->h.table_offset, path, is->err) < 0) {
         ret = -2;
         goto out;
     }
@@ -427,7 +407,7 @@ static int dyn_read(struct diskfmt *d, struct vhd *v, uint8_t *buf, size_t len,
 {
     uint64_t base = (uint64_t)v->m.bat[b] * VHD_SECTOR;
     if (v->bmp_block != b) {
-        if (read_exact(v->fd, v->bmp, v->m.bitmap_size, base, d->path, err) < 0)
+        if (diskfmt_read_exact(v->fd, v->bmp, v->m.bitmap_size, base, d->path, err) < 0)
             return -1;
         v->bmp_block = b;
     }
@@ -446,7 +426,7 @@ static int dyn_read(struct diskfmt *d, struct vhd *v, uint8_t *buf, size_t len,
         size_t n = (size_t)(P2V_MIN(stop, end) - in);
         if (!set)
             memset(buf, 0, n);
-        else if (read_exact(v->fd, buf, n, data + in, d->path, err) < 0)
+        else if (diskfmt_read_exact(v->fd, buf, n, data + in, d->path, err) < 0)
             return -1;
         buf += n;
         in += n;
@@ -463,7 +443,7 @@ static int vhd_pread(struct diskfmt *d, void *buf, size_t len, uint64_t off,
         if (v->creating)
             return own_read(d, v, p, len, off, err);
         if (v->direct)
-            return read_exact(v->fd, p, len, off, d->path, err);
+            return diskfmt_read_exact(v->fd, p, len, off, d->path, err);
         return vhd_vhdi_read(v->vhdi, p, len, off, d->path, err);
     }
     while (len) {
@@ -658,7 +638,7 @@ static int vhd_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
         memset(v->bitmap, 0xff, v->m.bitmap_size);
         uint8_t copy[VHD_FOOTER_SIZE];
         vhd_footer_encode(&v->m.f, copy);
-        if (write_exact(v->fd, copy, sizeof copy, 0, d->path, err) < 0)
+        if (diskfmt_write_exact(v->fd, copy, sizeof copy, 0, d->path, err) < 0)
             goto out;
         d->block_size = block;
     }
@@ -681,7 +661,7 @@ static int alloc_block(struct diskfmt *d, struct vhd *v, uint64_t b, struct p2v_
     if (at / VHD_SECTOR >= VHD_BAT_UNUSED)
         return p2v_err_set(err, EFBIG, "'%s': no room for block %llu: the file reached the "
                            "VHD limit of 2 TiB", d->path, (unsigned long long)b);
-    if (write_exact(v->fd, v->bitmap, v->m.bitmap_size, at, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, v->bitmap, v->m.bitmap_size, at, d->path, err) < 0)
         return -1;
     v->m.bat[b] = (uint32_t)(at / VHD_SECTOR);
     v->m.allocated++;
@@ -697,7 +677,7 @@ static int vhd_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t o
     if (!v->creating)
         return p2v_err_set(err, EBADF, "'%s': image is open read-only", d->path);
     if (!v->m.dynamic)
-        return write_exact(v->fd, p, len, off, d->path, err);
+        return diskfmt_write_exact(v->fd, p, len, off, d->path, err);
     uint64_t bs = v->m.h.block_size;
     while (len) {
         uint64_t b = off / bs, in = off % bs;
@@ -710,7 +690,7 @@ static int vhd_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t o
                 return -1;
         }
         uint64_t at = (uint64_t)v->m.bat[b] * VHD_SECTOR + v->m.bitmap_size + in;
-        if (write_exact(v->fd, p, n, at, d->path, err) < 0)
+        if (diskfmt_write_exact(v->fd, p, n, at, d->path, err) < 0)
             return -1;
     next:
         p += n;
@@ -730,7 +710,7 @@ static int zero_file(struct diskfmt *d, struct vhd *v, uint64_t at, uint64_t len
         return 0;
     while (len) {
         size_t n = (size_t)P2V_MIN(len, (uint64_t)sizeof zeros);
-        if (write_exact(v->fd, zeros, n, at, d->path, err) < 0)
+        if (diskfmt_write_exact(v->fd, zeros, n, at, d->path, err) < 0)
             return -1;
         at += n;
         len -= n;
@@ -775,7 +755,7 @@ static int finish_fixed(struct diskfmt *d, struct vhd *v, struct p2v_err *err)
     if (diskfmt_fdatasync(v->fd) < 0)
         return p2v_err_errno(err, "cannot flush '%s'", d->path);
     vhd_footer_encode(&v->m.f, foot);
-    if (write_exact(v->fd, foot, sizeof foot, v->m.f.current_size, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, foot, sizeof foot, v->m.f.current_size, d->path, err) < 0)
         return -1;
     if (diskfmt_fdatasync(v->fd) < 0)
         return p2v_err_errno(err, "cannot flush '%s'", d->path);
@@ -793,7 +773,7 @@ static int finish_dynamic(struct diskfmt *d, struct vhd *v, struct p2v_err *err)
     memset(bat, 0xff, v->bat_area); /* entries past the last block: unused */
     for (uint32_t i = 0; i < v->m.n_bat; i++)
         p2v_put_u32be(bat + 4 * (size_t)i, v->m.bat[i]);
-    if (write_exact(v->fd, bat, v->bat_area, VHD_BAT_AT, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, bat, v->bat_area, VHD_BAT_AT, d->path, err) < 0)
         goto out;
     if (diskfmt_fdatasync(v->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", d->path);
@@ -801,8 +781,8 @@ static int finish_dynamic(struct diskfmt *d, struct vhd *v, struct p2v_err *err)
     }
     vhd_dyn_header_encode(&v->m.h, hdr);
     vhd_footer_encode(&v->m.f, foot);
-    if (write_exact(v->fd, hdr, sizeof hdr, VHD_DYN_HEADER_AT, d->path, err) < 0 ||
-        write_exact(v->fd, foot, sizeof foot, v->next_free, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, hdr, sizeof hdr, VHD_DYN_HEADER_AT, d->path, err) < 0 ||
+        diskfmt_write_exact(v->fd, foot, sizeof foot, v->next_free, d->path, err) < 0)
         goto out;
     if (diskfmt_fdatasync(v->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", d->path);

@@ -56,18 +56,6 @@ struct vhdx {
     struct vhd_vhdi *vhdi;   /* NULL: read directly from the BAT */
 };
 
-static int read_exact(int fd, void *buf, size_t len, uint64_t off, const char *path,
-                      struct p2v_err *err)
-{
-    ssize_t n = p2v_pread_full(fd, buf, len, off);
-    if (n < 0)
-        return p2v_err_errno(err, "'%s': read error at offset %llu", path,
-                             (unsigned long long)off);
-    if ((size_t)n < len)
-        return p2v_err_set(err, EIO, "'%s': unexpected end of file at offset %llu", path,
-                           (unsigned long long)(off + (uint64_t)n));
-    return 0;
-}
 
 /* ------------------------------------------------------------------ validation */
 
@@ -83,7 +71,7 @@ static int pick_header(int fd, const char *path, struct vhdx_state *s, struct vh
     uint64_t seq[2];
     static const uint64_t where[2] = {VHDX_HEADER1_OFFSET, VHDX_HEADER2_OFFSET};
     for (int i = 0; i < 2; i++) {
-        if (read_exact(fd, buf[i], sizeof buf[i], where[i], path, is->err) < 0)
+        if (diskfmt_read_exact(fd, buf[i], sizeof buf[i], where[i], path, is->err) < 0)
             return -2;
         ok[i] = vhdx_header_parse(buf[i], sizeof buf[i], path, where[i], &h[i], &e[i]) == 0;
         /* ENOTSUP comes only once signature and checksum are right */
@@ -131,7 +119,7 @@ static int check_log(int fd, uint64_t fsize, const char *path, struct vhdx_state
     }
     for (uint64_t pos = 0; pos < h->log_length && ret == 0; pos += VHDX_LOG_CHUNK) {
         size_t n = (size_t)P2V_MIN((uint64_t)VHDX_LOG_CHUNK, h->log_length - pos);
-        if (read_exact(fd, buf, n, h->log_offset + pos, path, is->err) < 0) {
+        if (diskfmt_read_exact(fd, buf, n, h->log_offset + pos, path, is->err) < 0) {
             ret = -2;
             break;
         }
@@ -163,7 +151,7 @@ static int read_regions(int fd, const char *path, struct vhdx_region_table *t,
         ret = -2;
         goto out;
     }
-    if (read_exact(fd, buf, 2 * (size_t)VHDX_REGION_TABLE_SIZE, VHDX_REGION1_OFFSET, path,
+    if (diskfmt_read_exact(fd, buf, 2 * (size_t)VHDX_REGION_TABLE_SIZE, VHDX_REGION1_OFFSET, path,
                    is->err) < 0) {
         ret = -2;
         goto out;
@@ -197,7 +185,7 @@ static int read_metadata(int fd, const char *path, struct vhdx_state *s,
         p2v_err_set(is->err, ENOMEM, "out of memory");
         return -2;
     }
-    if (read_exact(fd, buf, VHDX_METADATA_TABLE_SIZE, base, path, is->err) < 0) {
+    if (diskfmt_read_exact(fd, buf, VHDX_METADATA_TABLE_SIZE, base, path, is->err) < 0) {
         ret = -2;
         goto out;
     }
@@ -212,7 +200,7 @@ static int read_metadata(int fd, const char *path, struct vhdx_state *s,
             continue;
         /* the known items are at most 16 bytes: a longer one fails on its size alone */
         if (it->length <= sizeof item &&
-            read_exact(fd, item, it->length, base + it->offset, path, is->err) < 0) {
+            diskfmt_read_exact(fd, item, it->length, base + it->offset, path, is->err) < 0) {
             ret = -2;
             goto out;
         }
@@ -259,7 +247,7 @@ static int read_bat(int fd, uint64_t fsize, const char *path, struct vhdx_state 
     uint64_t b = 0;
     for (uint64_t i = 0; i < l->bat_entries; i += VHDX_MIB / 8) {
         uint64_t n = P2V_MIN(l->bat_entries - i, (uint64_t)VHDX_MIB / 8);
-        if (read_exact(fd, raw, (size_t)n * 8, s->bat_r.offset + i * 8, path, is->err) < 0) {
+        if (diskfmt_read_exact(fd, raw, (size_t)n * 8, s->bat_r.offset + i * 8, path, is->err) < 0) {
             ret = -2;
             goto out;
         }
@@ -348,7 +336,7 @@ static int vhdx_validate(int fd, uint64_t fsize, const char *path, struct vhdx_s
                   "header section", path, (unsigned long long)fsize);
         return -1;
     }
-    if (read_exact(fd, sig, sizeof sig, 0, path, is->err) < 0)
+    if (diskfmt_read_exact(fd, sig, sizeof sig, 0, path, is->err) < 0)
         return -2;
     if (memcmp(sig, "vhdxfile", 8) != 0) {
         vhd_issue(is, EINVAL, "'%s': no VHDX file identifier 'vhdxfile' at offset 0", path);
@@ -499,7 +487,7 @@ static int vhdx_pread(struct diskfmt *d, void *buf, size_t len, uint64_t off,
         else if (v->vhdi)
             r = vhd_vhdi_read(v->vhdi, p, n, off, d->path, err);
         else
-            r = read_exact(v->fd, p, n, VHDX_BAT_OFFSET(e) + in, d->path, err);
+            r = diskfmt_read_exact(v->fd, p, n, VHDX_BAT_OFFSET(e) + in, d->path, err);
         if (r < 0)
             return -1;
         p += n;

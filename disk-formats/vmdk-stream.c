@@ -80,40 +80,11 @@ struct vmdk_stream {
     bool failed;
 };
 
-/* Renyi order-2 entropy test on two 4 KiB samples, integer only: for N bytes with counts
- * c[i], sum c^2 is ~N^2/256 for random data and far larger for anything deflate shrinks.
- * Below 1.5x the random value (H2 > 7.4 bits per byte) the grain is called
- * incompressible. A wrong guess costs only size or time, never correctness. */
-bool vmdk_looks_incompressible(const uint8_t *p, size_t len)
-{
-    uint32_t c[256] = {0};
-    size_t n = 0;
-    size_t sample = 4096;
-    if (len < 2 * sample) {
-        for (size_t i = 0; i < len; i++)
-            c[p[i]]++;
-        n = len;
-    } else {
-        for (size_t i = 0; i < sample; i++)
-            c[p[i]]++;
-        const uint8_t *m = p + len / 2;
-        for (size_t i = 0; i < sample; i++)
-            c[m[i]]++;
-        n = 2 * sample;
-    }
-    if (n < 512)
-        return false;
-    uint64_t sq = 0;
-    for (int i = 0; i < 256; i++)
-        sq += (uint64_t)c[i] * c[i];
-    /* sq < 1.5 * n^2 / 256  <=>  512 * sq < 3 * n^2 */
-    return 512 * sq < 3 * (uint64_t)n * n;
-}
 
 static int deflate_job(z_stream *fast, z_stream *store, struct job *j, size_t grain_bytes,
                        uint64_t grain_sectors, size_t out_cap)
 {
-    z_stream *z = vmdk_looks_incompressible(j->in, j->in_len) ? store : fast;
+    z_stream *z = diskfmt_looks_incompressible(j->in, j->in_len) ? store : fast;
     if (deflateReset(z) != Z_OK)
         return -1;
     z->next_in = j->in;

@@ -164,27 +164,7 @@ static const char *base_of(const char *path)
     return slash ? slash + 1 : path;
 }
 
-static int read_exact(int fd, void *buf, size_t len, uint64_t off, const char *path,
-                      struct p2v_err *err)
-{
-    ssize_t n = p2v_pread_full(fd, buf, len, off);
-    if (n < 0)
-        return p2v_err_errno(err, "'%s': read error at offset %llu", path,
-                             (unsigned long long)off);
-    if ((size_t)n < len)
-        return p2v_err_set(err, EIO, "'%s': unexpected end of file at offset %llu", path,
-                           (unsigned long long)(off + (uint64_t)n));
-    return 0;
-}
 
-static int write_exact(int fd, const void *buf, size_t len, uint64_t off, const char *path,
-                       struct p2v_err *err)
-{
-    if (p2v_pwrite_full(fd, buf, len, off) < 0)
-        return p2v_err_errno(err, "'%s': write error at offset %llu", path,
-                             (unsigned long long)off);
-    return 0;
-}
 
 static uint64_t sectors_of(uint64_t bytes)
 {
@@ -282,7 +262,7 @@ static int read_table(int fd, const char *path, uint64_t sector, uint32_t n, uin
     int ret = -1;
     if (!raw)
         return p2v_err_set(err, ENOMEM, "out of memory");
-    if (read_exact(fd, raw, bytes, sector * VMDK_SECTOR, path, err) < 0)
+    if (diskfmt_read_exact(fd, raw, bytes, sector * VMDK_SECTOR, path, err) < 0)
         goto out;
     p2v_rd_init(&r, raw, bytes);
     for (uint32_t i = 0; i < n; i++)
@@ -303,7 +283,7 @@ static int write_table(int fd, const char *path, uint64_t sector, uint32_t n,
         return p2v_err_set(err, ENOMEM, "out of memory");
     for (uint32_t i = 0; i < n; i++)
         p2v_put_u32le(raw + 4 * (size_t)i, in[i]);
-    int r = write_exact(fd, raw, bytes, sector * VMDK_SECTOR, path, err);
+    int r = diskfmt_write_exact(fd, raw, bytes, sector * VMDK_SECTOR, path, err);
     free(raw);
     return r;
 }
@@ -352,7 +332,7 @@ static int read_footer(int fd, const char *path, uint64_t file_size, struct vmdk
                            "truncated: no footer and end-of-stream marker", path,
                            (unsigned long long)file_size);
     uint64_t at = end - sizeof buf;
-    if (read_exact(fd, buf, sizeof buf, at, path, err) < 0)
+    if (diskfmt_read_exact(fd, buf, sizeof buf, at, path, err) < 0)
         return -1;
     if (vmdk_marker_parse(buf, 512, &fm) < 0 || fm.size != 0 ||
         fm.type != VMDK_MARKER_FOOTER || vmdk_marker_parse(buf + 1024, 512, &eos) < 0 ||
@@ -637,7 +617,7 @@ static int load_compressed(struct vmdk *v, size_t ei, uint64_t g, uint32_t gte,
     if (!p2v_range_ok(off, sizeof mhead, e->file_size))
         return p2v_err_set(err, EINVAL, "'%s': grain marker at offset %llu lies past the "
                            "end of the file", e->path, (unsigned long long)off);
-    if (read_exact(e->fd, mhead, sizeof mhead, off, e->path, err) < 0)
+    if (diskfmt_read_exact(e->fd, mhead, sizeof mhead, off, e->path, err) < 0)
         return -1;
     uint64_t lba = g * sp->h.grain_size;
     /* a size of 0 makes it a metadata marker (whose type does not fit in 12 bytes) */
@@ -665,7 +645,7 @@ static int load_compressed(struct vmdk *v, size_t ei, uint64_t g, uint32_t gte,
         v->cbuf = p;
         v->cbuf_cap = m.size;
     }
-    if (read_exact(e->fd, v->cbuf, m.size, off + sizeof mhead, e->path, err) < 0)
+    if (diskfmt_read_exact(e->fd, v->cbuf, m.size, off + sizeof mhead, e->path, err) < 0)
         return -1;
     /* the part of the grain inside the capacity must come out of the stream */
     uint64_t gstart = g * gb;
@@ -777,7 +757,7 @@ static int vmdk_pread(struct diskfmt *d, void *buf, size_t len, uint64_t off,
             memset(p, 0, n);
             break;
         case VMDK_EXT_FLAT:
-            if (read_exact(e->fd, p, n, e->flat_off + x, e->path, err) < 0)
+            if (diskfmt_read_exact(e->fd, p, n, e->flat_off + x, e->path, err) < 0)
                 return -1;
             break;
         case VMDK_EXT_SPARSE:
@@ -1054,7 +1034,7 @@ static int sparse_begin_writing(struct vmdk *v, size_t ei, struct p2v_err *err)
     /* VDF "Hosted Sparse Extents" uncleanShutdown: set and on disk before any data
      * changes */
     uint8_t one = 1;
-    if (write_exact(e->fd, &one, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
+    if (diskfmt_write_exact(e->fd, &one, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
         goto out;
     if (diskfmt_fdatasync(e->fd) < 0) {
         p2v_err_errno(err, "cannot flush '%s'", e->path);
@@ -1121,7 +1101,7 @@ static int vmdk_open(struct diskfmt *d, unsigned flags, struct p2v_err *err)
             p2v_err_set(err, ENOMEM, "out of memory");
             goto out;
         }
-        if (read_exact(v->fd, text, (size_t)fsize, 0, d->path, err) < 0)
+        if (diskfmt_read_exact(v->fd, text, (size_t)fsize, 0, d->path, err) < 0)
             goto out;
         if (vmdk_desc_parse(text, (size_t)fsize, d->path, &desc, err) < 0)
             goto out;
@@ -1223,7 +1203,7 @@ static int sparse_write(struct vmdk *v, size_t ei, const uint8_t *buf, size_t le
         if (gte_get(v, ei, g, &gte, err) < 0 || gte_check(v, ei, g, gte, &kind, err) < 0)
             return -1;
         if (kind == G_DATA) {
-            if (write_exact(e->fd, buf, n, (uint64_t)gte * VMDK_SECTOR + in, e->path,
+            if (diskfmt_write_exact(e->fd, buf, n, (uint64_t)gte * VMDK_SECTOR + in, e->path,
                             err) < 0)
                 return -1;
         } else if (!p2v_is_zero(buf, n)) {
@@ -1245,7 +1225,7 @@ static int sparse_write(struct vmdk *v, size_t ei, const uint8_t *buf, size_t le
                 uint64_t at = 0;
                 if (sparse_alloc(sp, run / VMDK_SECTOR, e->path, &at, err) < 0)
                     return -1;
-                if (write_exact(e->fd, buf, run, at * VMDK_SECTOR, e->path, err) < 0)
+                if (diskfmt_write_exact(e->fd, buf, run, at * VMDK_SECTOR, e->path, err) < 0)
                     return -1;
                 for (size_t k = 0; k < run / gb; k++)
                     s->e[(g + k) % sp->h.gtes_per_gt] =
@@ -1259,7 +1239,7 @@ static int sparse_write(struct vmdk *v, size_t ei, const uint8_t *buf, size_t le
                     return -1;
                 memset(v->tmp, 0, (size_t)gb);
                 memcpy(v->tmp + in, buf, n);
-                if (write_exact(e->fd, v->tmp, (size_t)gb, at * VMDK_SECTOR, e->path,
+                if (diskfmt_write_exact(e->fd, v->tmp, (size_t)gb, at * VMDK_SECTOR, e->path,
                                 err) < 0)
                     return -1;
                 s->e[g % sp->h.gtes_per_gt] = (uint32_t)at;
@@ -1323,7 +1303,7 @@ static int vmdk_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t 
         if (check_writable(e, err) < 0)
             return -1;
         if (e->type == VMDK_EXT_FLAT) {
-            if (write_exact(e->fd, p, n, e->flat_off + x, e->path, err) < 0)
+            if (diskfmt_write_exact(e->fd, p, n, e->flat_off + x, e->path, err) < 0)
                 return -1;
         } else if (sparse_write(v, ei, p, n, x, err) < 0) {
             return -1;
@@ -1355,7 +1335,7 @@ static int vmdk_zero(struct diskfmt *d, uint64_t off, uint64_t len, struct p2v_e
                           (off_t)(e->flat_off + x), (off_t)n) < 0) {
                 for (uint64_t k = 0; k < n;) {
                     size_t m = (size_t)P2V_MIN(n - k, (uint64_t)sizeof zeros);
-                    if (write_exact(e->fd, zeros, m, e->flat_off + x + k, e->path, err) < 0)
+                    if (diskfmt_write_exact(e->fd, zeros, m, e->flat_off + x + k, e->path, err) < 0)
                         return -1;
                     k += m;
                 }
@@ -1434,7 +1414,7 @@ static int write_head(struct diskfmt *d, struct vmdk *v, const struct vmdk_heade
     }
     vmdk_header_encode(h, area);
     memcpy(area + VMDK_SECTOR, desc.data, desc.len);
-    if (write_exact(v->fd, area, area_len, 0, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, area, area_len, 0, d->path, err) < 0)
         goto out;
     ret = 0;
 out:
@@ -1667,7 +1647,7 @@ static int finish_flat(struct diskfmt *d, struct vmdk *v, struct p2v_err *err)
     if (vmdk_desc_format(&desc, v->cid, "monolithicFlat", &x, 1, v->capacity, v->adapter,
                          err) < 0)
         goto out;
-    if (write_exact(v->fd, desc.data, desc.len, 0, d->path, err) < 0)
+    if (diskfmt_write_exact(v->fd, desc.data, desc.len, 0, d->path, err) < 0)
         goto out;
     if (ftruncate(v->fd, (off_t)desc.len) < 0 || diskfmt_fdatasync(v->fd) < 0) {
         p2v_err_errno(err, "cannot write the descriptor '%s'", d->path);
@@ -1690,7 +1670,7 @@ static int finish_sparse(struct vmdk *v, struct p2v_err *err)
         if (!e->sp || !e->sp->unclean_set)
             continue;
         uint8_t zero = 0;
-        if (write_exact(e->fd, &zero, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
+        if (diskfmt_write_exact(e->fd, &zero, 1, VMDK_HEADER_UNCLEAN_OFFSET, e->path, err) < 0)
             return -1;
         if (diskfmt_fdatasync(e->fd) < 0)
             return p2v_err_errno(err, "cannot flush '%s'", e->path);

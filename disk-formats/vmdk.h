@@ -273,8 +273,5 @@ void vmdk_stream_abandon(struct vmdk_stream *s);
 /* Grains written so far (for tests). */
 uint64_t vmdk_stream_grains_written(const struct vmdk_stream *s);
 
-/* True when the @len bytes at @p look incompressible (Renyi order-2 entropy of a sample
- * above ~7.4 bits per byte): such grains are stored as deflate "stored" blocks. */
-bool vmdk_looks_incompressible(const uint8_t *p, size_t len);
 
 #endif /* DISKFMT_VMDK_H */
