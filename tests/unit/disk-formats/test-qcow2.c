@@ -355,9 +355,9 @@ static void test_parsers(void)
     free(buf);
     uint8_t rnd_buf[65536];
     fill_random(rnd_buf, sizeof rnd_buf);
-    ok(qcow2_looks_incompressible(rnd_buf, sizeof rnd_buf), "random data looks incompressible");
+    ok(diskfmt_looks_incompressible(rnd_buf, sizeof rnd_buf), "random data looks incompressible");
     fill_text(rnd_buf, sizeof rnd_buf);
-    ok(!qcow2_looks_incompressible(rnd_buf, sizeof rnd_buf), "text does not");
+    ok(!diskfmt_looks_incompressible(rnd_buf, sizeof rnd_buf), "text does not");
 }
 
 /* ------------------------------------------------------------------ writers */
