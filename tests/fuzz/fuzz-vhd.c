@@ -11,31 +11,9 @@
  * or erased bytes) keep them as they come, so that the checksum checks are fuzzed too.
  * clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Idisk-formats \
  * tests/fuzz/fuzz-vhd.c common/\*.c disk-formats/\*.c -lvhdi ... (see run-fuzzers) */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "diskfmt.h"
+#include "fuzz-diskfmt.h"
 #include "vhd.h"
 
-/* Bytes read per input at most, and block status calls at most: keeps each run short. */
-#define FUZZ_READ_MAX (8u << 20)
-#define FUZZ_STATUS_CALLS_MAX 4096
-
-static char dir[128], path[160];
-
-static void cleanup(void)
-{
-    unlink(path);
-    rmdir(dir);
-}
 static uint8_t *copy;
 static size_t copy_cap;
 
@@ -53,52 +31,11 @@ static void repair(uint8_t *p, size_t size)
         p2v_put_u32be(p + hdr + 36, vhd_checksum(p + hdr, VHD_DYN_HEADER_SIZE, 36));
 }
 
-static void walk(const char *format)
-{
-    struct p2v_err err;
-    struct diskfmt *d = diskfmt_open(path, format, 0, &err);
-    if (!d)
-        return;
-    uint64_t disk = diskfmt_size(d), budget = FUZZ_READ_MAX;
-    uint8_t *buf = malloc(disk < (1u << 20) ? (size_t)disk + 1 : 1u << 20);
-    for (uint64_t off = 0, calls = 0; buf && off < disk && calls < FUZZ_STATUS_CALLS_MAX;
-         calls++) {
-        uint64_t run;
-        unsigned flags;
-        if (diskfmt_block_status(d, off, disk - off, &run, &flags, &err) < 0)
-            break;
-        if (!(flags & DISKFMT_STATUS_ZERO) && budget > 0) {
-            uint64_t n = run < (1u << 20) ? run : (1u << 20);
-            n = n < budget ? n : budget;
-            if (diskfmt_pread(d, buf, n, off, &err) < 0)
-                break;
-            budget -= n;
-        }
-        off += run;
-    }
-    if (buf && disk)
-        diskfmt_pread(d, buf, 1, disk - 1, &err);
-    free(buf);
-    struct diskfmt_check res;
-    diskfmt_check(d, &res, &err);
-    struct p2v_buf out = P2V_BUF_INIT;
-    struct p2v_json j;
-    p2v_json_init(&j, &out, false);
-    p2v_json_object_begin(&j);
-    diskfmt_info(d, &j, &err);
-    p2v_json_object_end(&j);
-    p2v_buf_release(&out);
-    diskfmt_close(d, NULL);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
     if (!ready) {
-        snprintf(dir, sizeof dir, "/dev/shm/fuzz-vhd-%d", (int)getpid());
-        mkdir(dir, 0700);
-        snprintf(path, sizeof path, "%s/input.vhd", dir);
-        atexit(cleanup);
+        fuzz_setup("vhd", "vhd");
         ready = 1;
     }
     /* the parsers alone, on the bytes as they come */
@@ -123,19 +60,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         repair(copy, size);
         data = copy;
     }
-    /* overwrite, then cut: cheaper than freeing and refilling the pages of a large
-     * file at every run */
-    int fd = open(path, O_WRONLY | O_CREAT, 0600);
-    if (fd < 0)
+    if (fuzz_write_input(data, size) < 0)
         return 0;
-    if ((size && pwrite(fd, data, size, 0) != (ssize_t)size) || ftruncate(fd, (off_t)size)) {
-        close(fd);
-        return 0;
-    }
-    close(fd);
     const char *probed = NULL;
     struct p2v_err err;
-    diskfmt_probe(path, &probed, &err);
-    walk("vhd");
+    diskfmt_probe(fuzz_path, &probed, &err);
+    fuzz_walk("vhd", 0);
     return 0;
 }

@@ -18,34 +18,12 @@
  * too.
  * clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Idisk-formats \
  * tests/fuzz/fuzz-vhdx.c common/\*.c disk-formats/\*.c -lvhdi ... (see run-fuzzers) */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "diskfmt.h"
+#include "fuzz-diskfmt.h"
 #include "vhd.h"
-
-#define FUZZ_READ_MAX (8u << 20)
-#define FUZZ_STATUS_CALLS_MAX 4096
-
-static char dir[128], path[160];
 
 /* The layout of an input in the file (see the top). */
 #define PACK_HEAD (320u * 1024)
 #define PACK_SLICE (128u * 1024)
-
-static void cleanup(void)
-{
-    unlink(path);
-    rmdir(dir);
-}
 
 /* Where file offset @off came from in the input, or SIZE_MAX. */
 static size_t input_pos(uint64_t off, size_t size)
@@ -77,7 +55,7 @@ static int write_input(const uint8_t *data, size_t size)
 {
     static uint8_t head[PACK_HEAD];
     size_t n = size < PACK_HEAD ? size : PACK_HEAD;
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int fd = open(fuzz_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0)
         return -1;
     memcpy(head, data, n);
@@ -97,53 +75,12 @@ static int write_input(const uint8_t *data, size_t size)
     return r;
 }
 
-static void walk(void)
-{
-    struct p2v_err err;
-    struct diskfmt *d = diskfmt_open(path, "vhdx", 0, &err);
-    if (!d)
-        return;
-    uint64_t disk = diskfmt_size(d), budget = FUZZ_READ_MAX;
-    uint8_t *buf = malloc(disk < (1u << 20) ? (size_t)disk + 1 : 1u << 20);
-    for (uint64_t off = 0, calls = 0; buf && off < disk && calls < FUZZ_STATUS_CALLS_MAX;
-         calls++) {
-        uint64_t run;
-        unsigned flags;
-        if (diskfmt_block_status(d, off, disk - off, &run, &flags, &err) < 0)
-            break;
-        if (!(flags & DISKFMT_STATUS_ZERO) && budget > 0) {
-            uint64_t n = run < (1u << 20) ? run : (1u << 20);
-            n = n < budget ? n : budget;
-            if (diskfmt_pread(d, buf, n, off, &err) < 0)
-                break;
-            budget -= n;
-        }
-        off += run;
-    }
-    if (buf && disk)
-        diskfmt_pread(d, buf, 1, disk - 1, &err);
-    free(buf);
-    struct diskfmt_check res;
-    diskfmt_check(d, &res, &err);
-    struct p2v_buf out = P2V_BUF_INIT;
-    struct p2v_json j;
-    p2v_json_init(&j, &out, false);
-    p2v_json_object_begin(&j);
-    diskfmt_info(d, &j, &err);
-    p2v_json_object_end(&j);
-    p2v_buf_release(&out);
-    diskfmt_close(d, NULL);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
     static struct vhdx_region_table rt;
     if (!ready) {
-        snprintf(dir, sizeof dir, "/dev/shm/fuzz-vhdx-%d", (int)getpid());
-        mkdir(dir, 0700);
-        snprintf(path, sizeof path, "%s/input.vhdx", dir);
-        atexit(cleanup);
+        fuzz_setup("vhdx", "vhdx");
         ready = 1;
     }
     /* the parsers alone, on the bytes where they would be */
@@ -164,7 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     const char *probed = NULL;
     struct p2v_err err;
-    diskfmt_probe(path, &probed, &err);
-    walk();
+    diskfmt_probe(fuzz_path, &probed, &err);
+    fuzz_walk("vhdx", 0);
     return 0;
 }

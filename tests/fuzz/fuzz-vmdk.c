@@ -5,31 +5,22 @@
  * of the data runs (capped so large virtual sizes stay fast), check and info, close.
  * clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Idisk-formats \
  * tests/fuzz/fuzz-vmdk.c common/\*.c disk-formats/\*.c ... / */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* fallocate, O_DIRECTORY, strndup (the build defines it too) */
-#endif
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "fuzz-diskfmt.h"
 
-#include "diskfmt.h"
+static char flat[200];
 
-/* Bytes read per input at most, and block status calls at most: keeps each run short. */
-#define FUZZ_READ_MAX (8u << 20)
-#define FUZZ_STATUS_CALLS_MAX 4096
+static void remove_flat(void)
+{
+    unlink(flat);
+}
 
-static char dir[128], path[160];
-
+/* A small fixed extent file "flat.bin" beside the input, that descriptors may name. */
 static void setup(void)
 {
-    snprintf(dir, sizeof dir, "/dev/shm/fuzz-vmdk-%d", (int)getpid());
-    mkdir(dir, 0700);
-    snprintf(path, sizeof path, "%s/flat.bin", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    fuzz_setup("vmdk", "vmdk");
+    snprintf(flat, sizeof flat, "%s/flat.bin", fuzz_dir);
+    atexit(remove_flat); /* before fuzz_setup's clean-up, which removes the folder */
+    int fd = open(flat, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd >= 0) {
         static uint8_t block[65536];
         for (size_t i = 0; i < sizeof block; i++)
@@ -38,7 +29,6 @@ static void setup(void)
             abort();
         close(fd);
     }
-    snprintf(path, sizeof path, "%s/input.vmdk", dir);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -48,49 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
         ready = 1;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
+    if (fuzz_write_input(data, size) < 0)
         return 0;
-    if (size && write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
-    close(fd);
-
-    struct p2v_err err;
-    struct diskfmt *d = diskfmt_open(path, "vmdk", DISKFMT_ALLOW_DIRTY, &err);
-    if (!d)
-        return 0;
-    uint64_t disk = diskfmt_size(d), budget = FUZZ_READ_MAX;
-    uint8_t *buf = malloc(1u << 20);
-    for (uint64_t off = 0, calls = 0; buf && off < disk && calls < FUZZ_STATUS_CALLS_MAX;
-         calls++) {
-        uint64_t run;
-        unsigned flags;
-        if (diskfmt_block_status(d, off, disk - off, &run, &flags, &err) < 0)
-            break;
-        if (!(flags & DISKFMT_STATUS_ZERO) && budget > 0) {
-            uint64_t n = run < (1u << 20) ? run : (1u << 20);
-            n = n < budget ? n : budget;
-            if (diskfmt_pread(d, buf, n, off, &err) < 0)
-                break;
-            budget -= n;
-        }
-        off += run;
-    }
-    /* the last byte too: the tail grain is the one most often special */
-    if (buf && disk)
-        diskfmt_pread(d, buf, 1, disk - 1, &err);
-    free(buf);
-    struct diskfmt_check res;
-    diskfmt_check(d, &res, &err);
-    struct p2v_buf out = P2V_BUF_INIT;
-    struct p2v_json j;
-    p2v_json_init(&j, &out, false);
-    p2v_json_object_begin(&j);
-    diskfmt_info(d, &j, &err);
-    p2v_json_object_end(&j);
-    p2v_buf_release(&out);
-    diskfmt_close(d, NULL);
+    fuzz_walk("vmdk", DISKFMT_ALLOW_DIRTY);
     return 0;
 }

@@ -12,59 +12,16 @@
  * error naming the file; a writer killed or abandoned leaves an image our open refuses
  * and qemu-img check reports. Skips (TAP `1..0 # SKIP`) only when qemu-img is missing.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include "diskfmt.h"
+/* fill_text's words (see dftest.h) */
+#define DFTEST_WORDS \
+    "qcow2", "cluster", "table", "refcount", "header", "snapshot", "zlib", "zstd", \
+    "l1", "l2"
+#include "dftest.h"
 #include "qcow2.h"
-#include "tap.h"
 
-#define KIB 1024u
-#define MIB (1024u * 1024u)
-
-static char tmpdir[256];
 static bool have_qemu_io;
 
 /* ------------------------------------------------------------------ helpers */
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void)
-{
-    uint64_t x = rng_state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return rng_state = x;
-}
-
-static void fill_random(uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)rnd();
-}
-
-static void fill_text(uint8_t *p, size_t n)
-{
-    static const char *const words[] = {"qcow2", "cluster", "table", "refcount", "header",
-                                        "snapshot", "zlib", "zstd", "l1", "l2"};
-    size_t i = 0;
-    while (i < n) {
-        const char *w = words[rnd() % 10];
-        for (size_t k = 0; w[k] && i < n; k++)
-            p[i++] = (uint8_t)w[k];
-        if (i < n)
-            p[i++] = rnd() % 8 ? ' ' : '\n';
-    }
-}
 
 /* Random, text or zeros, by the draw. */
 static void fill_mixed(uint8_t *p, size_t n)
@@ -82,152 +39,9 @@ static void fill_mixed(uint8_t *p, size_t n)
     }
 }
 
-static const char *tpath(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int r = system(cmd);
-    if (r == -1 || !WIFEXITED(r))
-        return -1;
-    return WEXITSTATUS(r);
-}
-
-static int write_file(const char *path, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return -1;
-    int r = p2v_pwrite_full(fd, p, n, 0) < 0 ? -1 : 0;
-    close(fd);
-    return r;
-}
-
-static int patch(const char *path, uint64_t off, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY);
-    if (fd < 0)
-        return -1;
-    int r = p2v_pwrite_full(fd, p, n, off) < 0 ? -1 : 0;
-    close(fd);
-    return r;
-}
-
-static int patch_be32(const char *path, uint64_t off, uint32_t v)
-{
-    uint8_t b[4];
-    p2v_put_u32be(b, v);
-    return patch(path, off, b, 4);
-}
-
-static int patch_be64(const char *path, uint64_t off, uint64_t v)
-{
-    uint8_t b[8];
-    p2v_put_u64be(b, v);
-    return patch(path, off, b, 8);
-}
-
-static uint64_t read_be64(const char *path, uint64_t off)
-{
-    uint8_t b[8] = {0};
-    int fd = open(path, O_RDONLY);
-    if (fd >= 0) {
-        if (p2v_pread_full(fd, b, 8, off) != 8)
-            memset(b, 0, 8);
-        close(fd);
-    }
-    return p2v_get_u64be(b);
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    return sh("cp '%s' '%s'", from, to);
-}
-
-/* Read the whole image through block status + pread and compare with @ref (@n bytes;
- * past it, zeros). Counts the bytes reported as zero in *zero_bytes. */
-static int read_back(struct diskfmt *d, const uint8_t *ref, uint64_t n, uint64_t *zero_bytes,
-                     char *why, size_t wl)
-{
-    struct p2v_err err = {0};
-    uint64_t size = diskfmt_size(d);
-    uint8_t *buf = malloc(4 * MIB);
-    int r = -1;
-    if (zero_bytes)
-        *zero_bytes = 0;
-    if (size < n) {
-        snprintf(why, wl, "size %llu < %llu", (unsigned long long)size,
-                 (unsigned long long)n);
-        goto out;
-    }
-    for (uint64_t off = 0; off < size;) {
-        uint64_t run;
-        unsigned flags;
-        uint64_t want = P2V_MIN((uint64_t)4 * MIB, size - off);
-        if (diskfmt_block_status(d, off, want, &run, &flags, &err) < 0) {
-            snprintf(why, wl, "block status at %llu: %s", (unsigned long long)off, err.msg);
-            goto out;
-        }
-        if (diskfmt_pread(d, buf, run, off, &err) < 0) {
-            snprintf(why, wl, "pread at %llu: %s", (unsigned long long)off, err.msg);
-            goto out;
-        }
-        if ((flags & DISKFMT_STATUS_ZERO) && !p2v_is_zero(buf, run)) {
-            snprintf(why, wl, "run at %llu says zero but is not", (unsigned long long)off);
-            goto out;
-        }
-        if (flags & DISKFMT_STATUS_ZERO && zero_bytes)
-            *zero_bytes += run;
-        for (uint64_t k = 0; k < run; k++) {
-            uint8_t want_b = off + k < n ? ref[off + k] : 0;
-            if (buf[k] != want_b) {
-                snprintf(why, wl, "byte %llu differs (%02x, want %02x)",
-                         (unsigned long long)(off + k), buf[k], want_b);
-                goto out;
-            }
-        }
-        off += run;
-    }
-    r = 0;
-out:
-    free(buf);
-    return r;
-}
-
 static void check_own_read(const char *path, const uint8_t *ref, uint64_t n, const char *name)
 {
-    struct p2v_err err = {0};
-    const char *fmt = NULL;
-    int pr = diskfmt_probe(path, &fmt, &err);
-    ok(pr == 0 && fmt && strcmp(fmt, "qcow2") == 0, "%s: probed as qcow2", name);
-    struct diskfmt *d = diskfmt_open(path, NULL, DISKFMT_RDONLY, &err);
-    if (!ok(d != NULL, "%s: our reader opens it", name)) {
-        diag("  %s", err.msg);
-        ok(0, "%s: reads back identical", name);
-        ok(0, "%s: our check is clean", name);
-        return;
-    }
-    char why[P2V_ERR_MSG_MAX + 128] = "";
-    if (!ok(read_back(d, ref, n, NULL, why, sizeof why) == 0, "%s: reads back identical",
-            name))
-        diag("  %s", why);
-    struct diskfmt_check res;
-    int cr = diskfmt_check(d, &res, &err);
-    if (!ok(cr == 0 && res.errors == 0 && res.leaks == 0, "%s: our check is clean", name))
-        diag("  %s %s (errors %llu leaks %llu)", cr ? err.msg : "", res.first_error,
-             (unsigned long long)res.errors, (unsigned long long)res.leaks);
-    diskfmt_close(d, NULL);
+    check_own_read_fmt(path, "qcow2", ref, n, name, true);
 }
 
 static void check_oracles(const char *path, const char *raw, const char *name)
@@ -244,30 +58,7 @@ static void check_oracles(const char *path, const char *raw, const char *name)
  * file's name). */
 static void expect_bad(const char *path, unsigned flags, const char *sub, const char *name)
 {
-    struct p2v_err err = {0};
-    struct diskfmt *d = diskfmt_open(path, "qcow2", flags, &err);
-    bool refused = d == NULL;
-    if (d) {
-        uint8_t *buf = malloc(MIB);
-        uint64_t size = diskfmt_size(d);
-        for (uint64_t off = 0; off < size && !refused;) {
-            uint64_t run;
-            unsigned f;
-            if (diskfmt_block_status(d, off, P2V_MIN((uint64_t)MIB, size - off), &run, &f,
-                                     &err) < 0 ||
-                diskfmt_pread(d, buf, run, off, &err) < 0)
-                refused = true;
-            else
-                off += run;
-        }
-        free(buf);
-        diskfmt_close(d, NULL);
-    }
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    if (!ok(refused && strstr(err.msg, sub) != NULL && strstr(err.msg, base) != NULL,
-            "bad input refused: %s", name))
-        diag("  refused=%d message '%s', want '%s'", refused, err.msg, sub);
+    expect_bad_fmt(path, "qcow2", flags, sub, name, DFTEST_NAME_NEEDED);
 }
 
 /* ------------------------------------------------------------------ parsers */
@@ -917,39 +708,9 @@ static void killed_writer(enum diskfmt_compress kind, const char *name)
 {
     char file[64];
     snprintf(file, sizeof file, "k-%s.qcow2", name);
-    int pfd[2];
-    if (pipe(pfd) < 0) {
-        ok(0, "pipe");
-        return;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pfd[0]);
-        struct p2v_err err = {0};
-        struct diskfmt_create_opts o = {.size = 1ull << 30, .compress = kind};
-        struct diskfmt *d = diskfmt_create(tpath(file), "qcow2", &o, &err);
-        uint8_t *buf = malloc(MIB);
-        if (!d || !buf)
-            _exit(1);
-        for (uint64_t off = 0, i = 0; off < (1ull << 30); off += MIB, i++) {
-            fill_text(buf, MIB);
-            if (diskfmt_pwrite(d, buf, MIB, off, &err) < 0)
-                _exit(2);
-            if (i == 8 && write(pfd[1], "x", 1) != 1)
-                _exit(3);
-        }
-        for (;;)
-            pause();
-    }
-    close(pfd[1]);
-    char c;
-    bool started = read(pfd[0], &c, 1) == 1;
-    close(pfd[0]);
-    usleep(20000);
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    ok(started && WIFSIGNALED(status), "%s: writer killed mid-write", name);
+    struct diskfmt_create_opts o = {.size = 1ull << 30, .compress = kind};
+    ok(kill_writer(tpath(file), "qcow2", &o, 1ull << 30, false), "%s: writer killed mid-write",
+       name);
     char label[96];
     snprintf(label, sizeof label, "%s: killed mid-write", name);
     expect_bad(tpath(file), 0, "incomplete", label);
@@ -959,13 +720,8 @@ static void killed_writer(enum diskfmt_compress kind, const char *name)
 
 int main(void)
 {
-    if (sh("qemu-img --version >/dev/null 2>&1") != 0)
-        skip_all("qemu-img is missing (apt-get install qemu-utils)");
+    dftest_begin("test-qcow2");
     have_qemu_io = sh("qemu-io --version >/dev/null 2>&1") == 0;
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof tmpdir, "%s/test-qcow2.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
-        skip_all("cannot create a temporary folder");
 
     test_parsers();
     test_random_writer(0, 24 * (uint64_t)MIB + 12345, "default");
@@ -986,6 +742,5 @@ int main(void)
     killed_writer(DISKFMT_COMPRESS_NONE, "plain");
     killed_writer(DISKFMT_COMPRESS_ZSTD, "zstd");
 
-    sh("rm -rf '%s'", tmpdir);
-    return exit_status();
+    return dftest_end();
 }

@@ -12,123 +12,18 @@
  * file no reader takes for a disk. Skips (TAP `1..0 # SKIP`) only when qemu-img is
  * missing.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "diskfmt.h"
-#include "tap.h"
+/* fill_text's words (see dftest.h) */
+#define DFTEST_WORDS \
+    "disk", "footer", "block", "sector", "bitmap", "header", "region", "table", \
+    "hyperv", "azure"
+#include "dftest.h"
 #include "vhd.h"
 
-#define KIB 1024u
-#define MIB (1024u * 1024u)
-
-static char tmpdir[256];
 static bool have_vhdiinfo;
 
 /* ------------------------------------------------------------------ helpers */
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void)
-{
-    uint64_t x = rng_state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return rng_state = x;
-}
-
-static void fill_random(uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)rnd();
-}
-
-static void fill_text(uint8_t *p, size_t n)
-{
-    static const char *const words[] = {"disk", "footer", "block", "sector", "bitmap",
-                                        "header", "region", "table", "hyperv", "azure"};
-    size_t i = 0;
-    while (i < n) {
-        const char *w = words[rnd() % 10];
-        for (size_t k = 0; w[k] && i < n; k++)
-            p[i++] = (uint8_t)w[k];
-        if (i < n)
-            p[i++] = rnd() % 8 ? ' ' : '\n';
-    }
-}
-
-static const char *tpath(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int r = system(cmd);
-    if (r == -1 || !WIFEXITED(r))
-        return -1;
-    return WEXITSTATUS(r);
-}
-
-static int write_file(const char *path, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return -1;
-    int r = p2v_pwrite_full(fd, p, n, 0) < 0 ? -1 : 0;
-    close(fd);
-    return r;
-}
-
-static int patch(const char *path, uint64_t off, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY);
-    if (fd < 0)
-        return -1;
-    int r = p2v_pwrite_full(fd, p, n, off) < 0 ? -1 : 0;
-    close(fd);
-    return r;
-}
-
-static int get(const char *path, uint64_t off, void *p, size_t n)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return -1;
-    int r = p2v_pread_full(fd, p, n, off) == (ssize_t)n ? 0 : -1;
-    close(fd);
-    return r;
-}
-
-static uint64_t fsize(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    return sh("cp '%s' '%s'", from, to);
-}
 
 static int qemu_size(const char *path, const char *fmt, uint64_t *size)
 {
@@ -147,100 +42,16 @@ static int qemu_size(const char *path, const char *fmt, uint64_t *size)
     return found;
 }
 
-/* Read the whole image through block status + pread and compare with @ref (@n bytes). */
-static int read_back(struct diskfmt *d, const uint8_t *ref, uint64_t n, char *why, size_t wl)
-{
-    struct p2v_err err = {0};
-    uint64_t size = diskfmt_size(d);
-    uint8_t *buf = malloc(4 * MIB);
-    int r = -1;
-    if (size < n) {
-        snprintf(why, wl, "size %llu < %llu", (unsigned long long)size,
-                 (unsigned long long)n);
-        goto out;
-    }
-    for (uint64_t off = 0; off < size;) {
-        uint64_t run;
-        unsigned flags;
-        uint64_t want = P2V_MIN((uint64_t)4 * MIB, size - off);
-        if (diskfmt_block_status(d, off, want, &run, &flags, &err) < 0) {
-            snprintf(why, wl, "block status at %llu: %s", (unsigned long long)off, err.msg);
-            goto out;
-        }
-        if (diskfmt_pread(d, buf, run, off, &err) < 0) {
-            snprintf(why, wl, "pread at %llu: %s", (unsigned long long)off, err.msg);
-            goto out;
-        }
-        if ((flags & DISKFMT_STATUS_ZERO) && !p2v_is_zero(buf, run)) {
-            snprintf(why, wl, "run at %llu says zero but is not", (unsigned long long)off);
-            goto out;
-        }
-        for (uint64_t k = 0; k < run; k++) {
-            uint8_t want_b = off + k < n ? ref[off + k] : 0;
-            if (buf[k] != want_b) {
-                snprintf(why, wl, "byte %llu differs (%02x, want %02x)",
-                         (unsigned long long)(off + k), buf[k], want_b);
-                goto out;
-            }
-        }
-        off += run;
-    }
-    r = 0;
-out:
-    free(buf);
-    return r;
-}
-
 static void check_own_read(const char *path, const char *fmt, const uint8_t *ref,
                            uint64_t n, const char *name)
 {
-    struct p2v_err err = {0};
-    const char *probed = NULL;
-    int pr = diskfmt_probe(path, &probed, &err);
-    ok(pr == 0 && probed && strcmp(probed, fmt) == 0, "%s: probed as %s", name, fmt);
-    struct diskfmt *d = diskfmt_open(path, NULL, DISKFMT_RDONLY, &err);
-    if (!ok(d != NULL, "%s: our reader opens it", name)) {
-        diag("  %s", err.msg);
-        ok(0, "%s: reads back identical", name);
-        ok(0, "%s: our check is clean", name);
-        return;
-    }
-    char why[P2V_ERR_MSG_MAX + 128] = "";
-    if (!ok(read_back(d, ref, n, why, sizeof why) == 0, "%s: reads back identical", name))
-        diag("  %s", why);
-    struct diskfmt_check res;
-    int cr = diskfmt_check(d, &res, &err);
-    if (!ok(cr == 0 && res.errors == 0, "%s: our check is clean", name))
-        diag("  %s %s", cr ? err.msg : "", res.first_error);
-    diskfmt_close(d, NULL);
+    check_own_read_fmt(path, fmt, ref, n, name, false);
 }
 
 /* Open must fail, or reading everything must fail, with @sub in the message. */
 static void expect_bad(const char *path, const char *fmt, const char *sub, const char *name)
 {
-    struct p2v_err err = {0};
-    struct diskfmt *d = diskfmt_open(path, fmt, 0, &err);
-    bool refused = d == NULL;
-    if (d) {
-        uint8_t *buf = malloc(MIB);
-        uint64_t size = diskfmt_size(d);
-        for (uint64_t off = 0; off < size && !refused;) {
-            uint64_t run;
-            unsigned f;
-            if (diskfmt_block_status(d, off, P2V_MIN((uint64_t)MIB, size - off), &run, &f,
-                                     &err) < 0 ||
-                diskfmt_pread(d, buf, run, off, &err) < 0)
-                refused = true;
-            else
-                off += run;
-        }
-        free(buf);
-        diskfmt_close(d, NULL);
-    }
-    if (!ok(refused && strstr(err.msg, sub) != NULL, "bad input refused: %s", name))
-        diag("  refused=%d message '%s', want '%s'", refused, err.msg, sub);
-    else if (!strstr(err.msg, path))
-        diag("  (message does not name the file: '%s')", err.msg);
+    expect_bad_fmt(path, fmt, 0, sub, name, DFTEST_NAME_NOTED);
 }
 
 /* check() must count at least one error mentioning @sub. */
@@ -278,20 +89,6 @@ static void fix_dyn(const char *path, uint64_t at)
     }
 }
 
-static void patch_be32(const char *path, uint64_t off, uint32_t v)
-{
-    uint8_t b[4];
-    p2v_put_u32be(b, v);
-    patch(path, off, b, 4);
-}
-
-static void patch_be64(const char *path, uint64_t off, uint64_t v)
-{
-    uint8_t b[8];
-    p2v_put_u64be(b, v);
-    patch(path, off, b, 8);
-}
-
 /* Patch both footers (end and, for dynamic, the copy at 0) and fix their checksums. */
 static void patch_footer_be32(const char *path, unsigned field, uint32_t v, bool copy)
 {
@@ -305,27 +102,6 @@ static void patch_footer_be32(const char *path, unsigned field, uint32_t v, bool
 }
 
 /* ------------------------------------------------------------------ writers */
-
-struct seg {
-    uint64_t off, len;
-    int kind; /* 0 random, 1 explicit zeros, 2 text, 3 half zero half random */
-};
-
-static int do_write(struct diskfmt *d, uint8_t *ref, uint64_t off, uint64_t len, int kind,
-                    struct p2v_err *err)
-{
-    uint8_t *p = ref + off;
-    switch (kind) {
-    case 0: fill_random(p, len); break;
-    case 1: memset(p, 0, len); break;
-    case 2: fill_text(p, len); break;
-    default:
-        memset(p, 0, len / 2);
-        fill_random(p + len / 2, len - len / 2);
-        break;
-    }
-    return diskfmt_pwrite(d, p, len, off, err);
-}
 
 /* Read the whole image with libvhdi itself and compare with the file @raw. */
 static int libvhdi_same(const char *path, const char *raw, uint64_t vsize, char *why,
@@ -579,37 +355,9 @@ static void killed_writer(const char *sub)
 {
     char file[64];
     snprintf(file, sizeof file, "k-%s.vhd", sub);
-    int pfd[2];
-    if (pipe(pfd) < 0) {
-        ok(0, "pipe");
-        return;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pfd[0]);
-        struct p2v_err err = {0};
-        struct diskfmt_create_opts o = {.size = 256ull << 20, .subformat = sub};
-        struct diskfmt *d = diskfmt_create(tpath(file), "vhd", &o, &err);
-        uint8_t *buf = malloc(MIB);
-        if (!d || !buf)
-            _exit(1);
-        for (uint64_t off = 0, i = 0;; off = (off + MIB) % (256ull << 20), i++) {
-            fill_text(buf, MIB);
-            if (diskfmt_pwrite(d, buf, MIB, off, &err) < 0)
-                _exit(2);
-            if (i == 8 && write(pfd[1], "x", 1) != 1)
-                _exit(3);
-        }
-    }
-    close(pfd[1]);
-    char c;
-    bool started = read(pfd[0], &c, 1) == 1;
-    close(pfd[0]);
-    usleep(20000);
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    ok(started && WIFSIGNALED(status), "%s: writer killed mid-write", sub);
+    struct diskfmt_create_opts o = {.size = 256ull << 20, .subformat = sub};
+    ok(kill_writer(tpath(file), "vhd", &o, 256ull << 20, true), "%s: writer killed mid-write",
+       sub);
     char name[96];
     snprintf(name, sizeof name, "%s killed mid-write", sub);
     bool dynamic = strcmp(sub, "dynamic") == 0;
@@ -1281,13 +1029,8 @@ static void test_bad_vhdx(void)
 
 int main(void)
 {
-    if (sh("qemu-img --version >/dev/null 2>&1") != 0)
-        skip_all("qemu-img is missing (apt-get install qemu-utils)");
+    dftest_begin("test-vhd");
     have_vhdiinfo = sh("vhdiinfo -V >/dev/null 2>&1") == 0;
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof tmpdir, "%s/test-vhd.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
-        skip_all("cannot create a temporary folder");
 
     test_writer("fixed", 0);
     test_writer("dynamic", 0);
@@ -1300,6 +1043,5 @@ int main(void)
     test_bad_vhd();
     test_bad_vhdx();
 
-    sh("rm -rf '%s'", tmpdir);
-    return exit_status();
+    return dftest_end();
 }
