@@ -31,15 +31,16 @@ for fmt in "${formats[@]}"; do
         kill -KILL "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null; rc=$?
         staged=$(ls -d "$work"/.out-$k.$base.p2v-img-* 2>/dev/null | head -1)
-        if [ $rc -eq 0 ]; then
+        # DST appears only by the final rename, so if it exists it must be whole — also
+        # when the kill came after the rename but before the process exited (an ASan
+        # build spends a while in its exit-time leak check).
+        if [ $rc -eq 0 ] || [ -e "$dst" ]; then
             complete=$((complete + 1))
             if qemu-img compare -q "$src" "$dst"; then
-                ok "$fmt kill $k: finished before the kill, output identical"
+                ok "$fmt kill $k: DST complete (exit $rc), output identical"
             else
-                not_ok "$fmt kill $k: finished but differs"; bad=1
+                not_ok "$fmt kill $k (after ${delay}s, exit $rc): DST exists but differs"; bad=1
             fi
-        elif [ -e "$dst" ]; then
-            not_ok "$fmt kill $k (after ${delay}s): killed, yet $dst exists"; bad=1
         else
             killed=$((killed + 1))
             why=""
