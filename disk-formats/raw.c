@@ -66,8 +66,11 @@ static int raw_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
         return p2v_err_errno(err, "cannot create '%s'", d->path);
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-        /* drop old contents: what we do not write must read as zeros */
-        if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)opts->size) < 0) {
+        /* drop old contents: what we do not write must read as zeros. Truncating an
+         * empty file is skipped: on ext4 a truncate to 0 arms auto_da_alloc, which makes
+         * close() start writeback of everything written (0.25 s per GiB measured). */
+        if ((st.st_size != 0 && ftruncate(fd, 0) < 0) ||
+            ftruncate(fd, (off_t)opts->size) < 0) {
             p2v_err_errno(err, "cannot set the size of '%s' to %llu", d->path,
                           (unsigned long long)opts->size);
             close(fd);
