@@ -1,0 +1,384 @@
+/* p2v-server: the conversion server's command line — `init` (make a store and its TLS
+ * identity and join token), `run` (receive captures from agents; run.c, session.c) and
+ * `status` (the jobs of a store; status.c). Exit codes: 0 ok, 1 failure, 2 usage.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "p2v-tls.h"
+#include "server.h"
+
+#define EXIT_USAGE 2
+#define TOKEN_BYTES 32
+
+static void usage_main(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server COMMAND [OPTIONS]\n"
+            "\n"
+            "commands:\n"
+            "  init --store DIR [--json] [--force]     make a store: TLS key, certificate, "
+            "join token\n"
+            "  run --store DIR [--listen HOST:PORT] ... receive captures from p2v-agent\n"
+            "  status --store DIR [--json] [JOB]        show the jobs of a store\n"
+            "\n"
+            "'p2v-server COMMAND --help' describes a command's options. See p2v-server(1).\n"
+            "exit status: 0 ok, 1 failure, 2 usage error.\n");
+}
+
+static void usage_init(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server init --store DIR [--json] [--force]\n"
+            "\n"
+            "Make the store DIR (mode 0700) with the server's TLS key and self-signed\n"
+            "certificate and a random join token, then print the certificate's fingerprint,\n"
+            "the token and an example agent command. An existing store keeps its identity\n"
+            "(and it is printed again) unless --force makes a new one.\n"
+            "\n"
+            "  --store DIR   the store folder\n"
+            "  --json        print {\"store\", \"fingerprint\", \"token\"} as JSON\n"
+            "  --force       make a new key, certificate and token (agents given the old\n"
+            "                ones are refused)\n");
+}
+
+static void usage_run(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server run --store DIR [--listen HOST:PORT] [--format FMT]\n"
+            "                      [--window SIZE] [--max-sessions N] [--port-file FILE]\n"
+            "                      [-v] [-q]\n"
+            "\n"
+            "Receive disk captures from p2v-agent over TLS 1.3 into DIR/jobs/JOB/.\n"
+            "SIGTERM or SIGINT: stop accepting, commit and end every session, exit 0.\n"
+            "\n"
+            "  --store DIR          an initialised store (p2v-server init)\n"
+            "  --listen HOST:PORT   address to listen on (default 0.0.0.0:7878; port 0: any)\n"
+            "  --format FMT         final image format of new jobs: qcow2 (default), vmdk, raw\n"
+            "  --window SIZE        journal window: the most un-committed data an agent may\n"
+            "                       have in flight (default 32M; 1M..1G)\n"
+            "  --max-sessions N     concurrent sessions (default 64); more get ERROR BUSY\n"
+            "  --port-file FILE     write the port listened on to FILE once listening\n"
+            "  -v, -q               more or less logging\n");
+}
+
+static void usage_status(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server status --store DIR [--json] [JOB]\n"
+            "\n"
+            "Show the store's jobs (JOB, STATE, DONE/TOTAL, PCT, RATE, ETA), or one job in\n"
+            "detail. Works whether or not a server is running; a '*' after the state marks\n"
+            "a job with a live session.\n"
+            "\n"
+            "  --store DIR   the store folder\n"
+            "  --json        print {\"jobs\": [job.json objects]} (with JOB: that object)\n");
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* A usage error: the message, a pointer to --help, exit code 2. */
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    p2v_error("%s", msg);
+    fprintf(stderr, "Try 'p2v-server %s--help'.\n", cmd);
+    return EXIT_USAGE;
+}
+
+/* getopt's '?' and ':' (opterr is off) as a usage error. */
+static int bad_option(const char *cmd, int c, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    if (c == ':')
+        return usage_error(cmd, "option '%s' needs an argument", arg);
+    if (optopt && strncmp(arg, "--", 2) != 0)
+        return usage_error(cmd, "unknown option '-%c'", optopt);
+    return usage_error(cmd, "unknown option '%s'", arg);
+}
+
+/* ---------------------------------------------------------------- init */
+
+static int make_token(char out[2 * TOKEN_BYTES + 1])
+{
+    uint8_t raw[TOKEN_BYTES];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"store", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},
+        {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *store = NULL;
+    bool json = false, force = false;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': store = optarg; break;
+        case 'j': json = true; break;
+        case 'f': force = true; break;
+        case 'h': usage_init(stdout); return 0;
+        default: return bad_option("init ", c, argv);
+        }
+    }
+    if (optind != argc)
+        return usage_error("init ", "unexpected argument '%s'", argv[optind]);
+    if (!store)
+        return usage_error("init ", "--store DIR is required");
+
+    struct p2v_err err = {0};
+    char *abs = NULL, key[PATH_MAX], crt[PATH_MAX], fp[P2V_FINGERPRINT_LEN];
+    char token[P2V_PROTO_TOKEN_MAX + 1];
+    struct p2v_buf tok = P2V_BUF_INIT;
+    int dfd = -1, rc = 1;
+    bool made = false;
+
+    if (mkdir(store, 0700) == 0)
+        made = true;
+    else if (errno != EEXIST) {
+        p2v_error("cannot make store '%s': %s", store, strerror(errno));
+        goto out;
+    }
+    abs = realpath(store, NULL);
+    dfd = abs ? open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (dfd < 0) {
+        p2v_error("cannot open store '%s': %s", store, strerror(errno));
+        goto out;
+    }
+    if (fchmod(dfd, 0700) < 0) {
+        p2v_error("cannot set the mode of store '%s': %s", store, strerror(errno));
+        goto out;
+    }
+    snprintf(key, sizeof key, "%s/server.key", abs);
+    snprintf(crt, sizeof crt, "%s/server.crt", abs);
+    bool have_id = faccessat(dfd, "server.key", R_OK, AT_SYMLINK_NOFOLLOW) == 0 &&
+                   faccessat(dfd, "server.crt", R_OK, AT_SYMLINK_NOFOLLOW) == 0;
+    bool new_id = force || !have_id;
+    if (new_id) {
+        if (p2v_tls_make_identity(key, crt, fp, &err) < 0) {
+            p2v_error("%s", err.msg);
+            goto out;
+        }
+    } else if (p2v_tls_cert_fingerprint(crt, fp, &err) < 0) {
+        p2v_error("%s (use --force to make a new identity)", err.msg);
+        goto out;
+    }
+    p2v_buf_init(&tok, 0);
+    bool have_token = !force && srv_read_file_at(dfd, "token", 4096, &tok, NULL) == 0;
+    if (have_token) {
+        while (tok.len && (tok.data[tok.len - 1] == '\n' || tok.data[tok.len - 1] == ' '))
+            tok.len--;
+        have_token = tok.len > 0 && tok.len <= P2V_PROTO_TOKEN_MAX;
+    }
+    if (have_token) {
+        memcpy(token, tok.data, tok.len);
+        token[tok.len] = '\0';
+    } else {
+        char line[P2V_PROTO_TOKEN_MAX + 2];
+        if (make_token(token) < 0) {
+            p2v_error("cannot make a token: getrandom: %s", strerror(errno));
+            goto out;
+        }
+        snprintf(line, sizeof line, "%s\n", token);
+        if (srv_write_file_at(dfd, "token", line, strlen(line), 0600, &err) < 0) {
+            p2v_error("store '%s': %s", store, err.msg);
+            goto out;
+        }
+    }
+    if (mkdirat(dfd, "jobs", 0700) < 0 && errno != EEXIST) {
+        p2v_error("cannot make '%s/jobs': %s", abs, strerror(errno));
+        goto out;
+    }
+    if (!new_id && have_token && !json)
+        fprintf(stderr, "p2v-server: store '%s' is already initialised; its identity is "
+                        "unchanged (--force makes a new one)\n", abs);
+
+    if (json) {
+        struct p2v_buf b;
+        struct p2v_json j;
+        p2v_buf_init(&b, 0);
+        p2v_json_init(&j, &b, false);
+        p2v_json_object_begin(&j);
+        p2v_json_kv_string(&j, "store", abs);
+        p2v_json_kv_string(&j, "fingerprint", fp);
+        p2v_json_kv_string(&j, "token", token);
+        p2v_json_object_end(&j);
+        printf("%s\n", p2v_buf_cstr(&b));
+        p2v_buf_release(&b);
+    } else {
+        char host[256] = "SERVER";
+        if (gethostname(host, sizeof host) < 0 || !host[0])
+            snprintf(host, sizeof host, "SERVER");
+        host[sizeof host - 1] = '\0';
+        printf("store: %s%s\n", abs, made ? " (new)" : "");
+        printf("fingerprint: %s\n", fp);
+        printf("token: %s\n", token);
+        printf("\nOn each source machine:\n"
+               "  p2v-agent --server %s:7878 --fingerprint %s --token %s\n",
+               host, fp, token);
+        printf("Start the server:\n  p2v-server run --store %s\n", abs);
+    }
+    rc = fflush(stdout) == 0 ? 0 : 1;
+out:
+    p2v_buf_release(&tok);
+    if (dfd >= 0)
+        close(dfd);
+    free(abs);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- run */
+
+static int cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"store", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"format", required_argument, NULL, 'f'},
+        {"window", required_argument, NULL, 'w'},
+        {"max-sessions", required_argument, NULL, 'm'},
+        {"port-file", required_argument, NULL, 'p'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct srv_run_opts o = {
+        .listen = "0.0.0.0:7878",
+        .format = "qcow2",
+        .window = 32u << 20,
+        .max_sessions = 64,
+    };
+    struct p2v_err err = {0};
+    int c, verbose = 0, quiet = 0;
+    while ((c = getopt_long(argc, argv, ":vqh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': o.store = optarg; break;
+        case 'l': o.listen = optarg; break;
+        case 'f':
+            if (strcmp(optarg, "qcow2") && strcmp(optarg, "vmdk") && strcmp(optarg, "raw"))
+                return usage_error("run ",
+                                   "unknown format '%s' (qcow2, vmdk or raw)", optarg);
+            o.format = optarg;
+            break;
+        case 'w':
+            if (p2v_parse_size(optarg, &o.window, &err) < 0)
+                return usage_error("run ", "--window: %s", err.msg);
+            if (o.window < (1u << 20) || o.window > (1u << 30))
+                return usage_error("run ",
+                                   "--window %s is out of range (1M..1G)", optarg);
+            break;
+        case 'm': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || v == 0 || v > 100000)
+                return usage_error("run ",
+                                   "--max-sessions '%s' is not a number from 1 to 100000",
+                                   optarg);
+            o.max_sessions = (unsigned)v;
+            break;
+        }
+        case 'p': o.port_file = optarg; break;
+        case 'v': verbose++; break;
+        case 'q': quiet++; break;
+        case 'h': usage_run(stdout); return 0;
+        default: return bad_option("run ", c, argv);
+        }
+    }
+    if (optind != argc)
+        return usage_error("run ", "unexpected argument '%s'", argv[optind]);
+    if (!o.store)
+        return usage_error("run ", "--store DIR is required");
+    p2v_log_adjust(verbose, quiet);
+    return srv_run(&o);
+}
+
+/* ---------------------------------------------------------------- status */
+
+static int cmd_status(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"store", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *store = NULL;
+    bool json = false;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': store = optarg; break;
+        case 'j': json = true; break;
+        case 'h': usage_status(stdout); return 0;
+        default: return bad_option("status ", c, argv);
+        }
+    }
+    if (!store)
+        return usage_error("status ", "--store DIR is required");
+    if (argc - optind > 1)
+        return usage_error("status ", "unexpected argument '%s'",
+                           argv[optind + 1]);
+    return srv_status(store, json, optind < argc ? argv[optind] : NULL);
+}
+
+int main(int argc, char **argv)
+{
+    p2v_log_init("p2v-server");
+    opterr = 0;
+    if (argc < 2)
+        return usage_error("", "a command is required (init, run or status)");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage_main(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("p2v-server (p2vkit) %s, wire protocol %d\n", PACKAGE_VERSION,
+               P2V_PROTO_VERSION);
+        return 0;
+    }
+    /* getopt sees the command's arguments with the command as argv[0] */
+    if (strcmp(cmd, "init") == 0)
+        return cmd_init(argc - 1, argv + 1);
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(argc - 1, argv + 1);
+    return usage_error("", "unknown command '%s'", cmd);
+}

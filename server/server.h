@@ -1,0 +1,337 @@
+/* server.h: p2v-server's private header — the pieces of the server that are shared between
+ * its files and its unit tests: committed-range sets, the per-disk journal, a small JSON
+ * reader (for job.json), the job store (names, jobs, job.json), sessions and the
+ * listener. Nothing outside server/ and tests/unit/server/ includes it.
+ */
+#ifndef P2V_SERVER_H
+#define P2V_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "p2v-common.h"
+#include "p2v-proto.h"
+
+/* ---------------------------------------------------------------- ranges */
+
+/* A set of byte ranges kept sorted and merged (adjacent or overlapping ranges become one),
+ * so that its size follows the number of holes, not the size of the disk. */
+struct srv_ranges {
+    struct p2v_range *v;
+    size_t n, cap;
+};
+
+/* Add [off, off+len) (len > 0, no overflow). 0 / -1 (ENOMEM). */
+int srv_ranges_add(struct srv_ranges *r, uint64_t off, uint64_t len);
+/* Total bytes covered. */
+uint64_t srv_ranges_bytes(const struct srv_ranges *r);
+/* True when [off, off+len) is wholly covered. */
+bool srv_ranges_covers(const struct srv_ranges *r, uint64_t off, uint64_t len);
+void srv_ranges_clear(struct srv_ranges *r);
+void srv_ranges_free(struct srv_ranges *r);
+
+/* ---------------------------------------------------------------- journal */
+
+/* diskN.journal: a 64-byte header then 64-byte records, little-endian:
+ *
+ *   header  0 magic "P2VJRNL1"   8 u32 version (1)   12 u32 sector size
+ *          16 u64 disk size     24 u8 hash algo of the first session   25..59 zero
+ *          60 u32 CRC-32 (zlib) of bytes 0..59
+ *   record  0 u64 off   8 u32 len   12 u8 flags (JRNL_REC_ZERO)   13..15 zero
+ *          16 hash[32] (zeros for a ZERO record)   48 u64 session number
+ *          56 u8 hash algo of this record's hash   57..59 zero
+ *          60 u32 CRC-32 of bytes 0..59
+ *
+ * A record is appended (and fdatasync'd) only after the staging data it describes has
+ * been fdatasync'd, so a record always describes durable data. The committed ranges are
+ * the union of the records. At open, the first record that is short, fails its CRC or
+ * names a range outside the disk ends the journal: it and everything after it are
+ * dropped (the file is truncated there), so a torn append costs only its own records.
+ */
+#define JRNL_MAGIC "P2VJRNL1"
+#define JRNL_VERSION 1
+#define JRNL_HDR_LEN 64
+#define JRNL_REC_LEN 64
+#define JRNL_REC_ZERO 0x01
+
+struct jrnl_rec {
+    uint64_t off;
+    uint32_t len;
+    uint8_t flags;     /* JRNL_REC_ZERO */
+    uint8_t hash_algo; /* enum p2v_hash_algo */
+    uint8_t hash[P2V_PROTO_HASH_LEN];
+    uint64_t session;
+};
+
+struct jrnl {
+    int fd;               /* -1 when closed */
+    uint64_t disk_size;
+    uint32_t sector_size;
+    uint8_t hash_algo;
+    uint64_t records;     /* valid records */
+    uint64_t end;         /* file offset after the last valid record */
+    uint64_t dropped;     /* records dropped from the tail at open */
+    struct srv_ranges committed;
+};
+
+/* Pure codecs (fuzzable): encode into 64 bytes; decode checks the CRC and the fields. */
+void jrnl_encode_header(uint8_t out[JRNL_HDR_LEN], uint64_t disk_size, uint32_t sector_size,
+                        uint8_t hash_algo);
+int jrnl_decode_header(const uint8_t in[JRNL_HDR_LEN], uint64_t *disk_size,
+                       uint32_t *sector_size, uint8_t *hash_algo, struct p2v_err *err);
+void jrnl_encode_rec(uint8_t out[JRNL_REC_LEN], const struct jrnl_rec *r);
+/* -1 when the CRC fails or a field is invalid for a disk of @disk_size. */
+int jrnl_decode_rec(const uint8_t in[JRNL_REC_LEN], uint64_t disk_size, struct jrnl_rec *r,
+                    struct p2v_err *err);
+
+/* Create (truncating) @name in @dirfd with a header, synced. 0 / -1. */
+int jrnl_create(int dirfd, const char *name, uint64_t disk_size, uint32_t sector_size,
+                uint8_t hash_algo, struct jrnl *j, struct p2v_err *err);
+/* Open an existing journal: check the header, read the records, drop a bad tail. */
+int jrnl_open(int dirfd, const char *name, struct jrnl *j, struct p2v_err *err);
+/* Append @n records and fdatasync. On failure the file is cut back to where it was and
+ * nothing is added to j->committed; err->code is the errno (ENOSPC, EDQUOT, ...). */
+int jrnl_append(struct jrnl *j, const struct jrnl_rec *recs, size_t n, struct p2v_err *err);
+void jrnl_close(struct jrnl *j);
+
+/* Re-sync: entries sorted by off, non-overlapping. Sets each entry's `same` to true when
+ * the journal's latest record(s) over the entry's range are exactly one record with the
+ * same (off, len, hash algo, hash) — a ZERO record matches the hash of @len zero bytes. */
+struct jrnl_hash_entry {
+    uint64_t off;
+    uint32_t len;
+    const uint8_t *hash;
+    bool same;
+};
+int jrnl_match(struct jrnl *j, struct jrnl_hash_entry *e, size_t n, uint8_t hash_algo,
+               struct p2v_err *err);
+
+/* ---------------------------------------------------------------- JSON reader */
+
+/* A small JSON (RFC 8259) reader for job.json and its tests: a whole document parsed
+ * from memory into a tree. Depth and size are capped. */
+enum jv_type { JV_NULL, JV_BOOL, JV_NUM, JV_STR, JV_ARR, JV_OBJ };
+
+struct jv {
+    enum jv_type type;
+    bool b;
+    double num;
+    bool is_u64;      /* a non-negative integer that fits: u holds it */
+    uint64_t u;
+    char *s;          /* JV_STR: NUL-terminated (a \u0000 escape is refused) */
+    size_t n;         /* JV_ARR / JV_OBJ: members */
+    struct jv *items;
+    char **keys;      /* JV_OBJ */
+};
+
+#define JV_TEXT_MAX (1u << 20)
+#define JV_DEPTH_MAX 16
+
+struct jv *jv_parse(const char *text, size_t len, struct p2v_err *err);
+void jv_free(struct jv *v);
+const struct jv *jv_get(const struct jv *obj, const char *key);
+/* NULL unless @v is a string. */
+const char *jv_str(const struct jv *v);
+/* false unless @v is a non-negative integer. */
+bool jv_u64(const struct jv *v, uint64_t *out);
+/* Write @v through a JSON writer (for `status --json`). */
+void jv_write(struct p2v_json *j, const struct jv *v);
+
+/* ---------------------------------------------------------------- store and jobs */
+
+/* A machine name: ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$. 0 / -1 with the reason. */
+int srv_name_check(const char *name, size_t len, struct p2v_err *err);
+/* A job id: a machine name optionally followed by "-N" (N >= 2), <= P2V_PROTO_JOB_MAX. */
+bool srv_job_id_ok(const char *id);
+
+/* Atomic small-file write in @dirfd: tmp + fsync + rename + fsync(dir). 0 / -1. */
+int srv_write_file_at(int dirfd, const char *name, const void *data, size_t len, int mode,
+                      struct p2v_err *err);
+/* Read a whole small file (<= @max bytes) opened with O_NOFOLLOW. 0 / -1. */
+int srv_read_file_at(int dirfd, const char *name, size_t max, struct p2v_buf *out,
+                     struct p2v_err *err);
+/* "2026-01-02T03:04:05Z" */
+void srv_iso_time(time_t t, char out[32]);
+
+enum srv_job_state { JOB_RECEIVING, JOB_RECEIVED, JOB_FAILED };
+const char *srv_job_state_name(enum srv_job_state s);
+
+struct srv_disk {
+    bool known;             /* declared in this or an earlier session */
+    char name[P2V_PROTO_DISK_NAME_MAX + 1];
+    char id[P2V_PROTO_DISK_ID_MAX + 1];
+    uint64_t size;
+    uint32_t sector_size;
+    uint64_t planned;
+    bool all_blocks;
+    bool complete;          /* DISK_END received (in this or an earlier session) */
+    uint64_t committed;     /* committed bytes (the journal's, kept after the job is done) */
+    int part_fd;            /* staging file, -1 when not open */
+    bool dirty;             /* written since its last fdatasync */
+    struct jrnl jr;         /* jr.fd -1 when not open */
+};
+
+#define SRV_RATE_SAMPLES 6
+
+struct srv_job {
+    char id[P2V_PROTO_JOB_MAX + 1];
+    char name[P2V_PROTO_NAME_MAX + 1];
+    char source_id[P2V_PROTO_SOURCE_ID_MAX + 1];
+    int dirfd;                   /* STORE/jobs/ID */
+    enum srv_job_state state;
+    char failed_stage[32];
+    char reason[P2V_ERR_MSG_MAX];
+    char format[8];
+    time_t created;
+    char agent[80];
+    uint64_t sessions;
+    bool active;
+    uint64_t bytes_received;
+    struct srv_disk disks[P2V_PROTO_DISKS_MAX];
+    /* rate: (time, bytes-done) samples about a second apart */
+    double rate_t[SRV_RATE_SAMPLES];
+    uint64_t rate_b[SRV_RATE_SAMPLES];
+    unsigned rate_n;
+    double last_save;
+    struct srv_store *store;     /* for the space reserve (NULL in tests) */
+};
+
+uint64_t srv_job_bytes_total(const struct srv_job *job);
+uint64_t srv_job_bytes_done(const struct srv_job *job);
+/* Bytes per second over the last few seconds (0 when unknown). */
+double srv_job_rate(const struct srv_job *job);
+void srv_job_rate_sample(struct srv_job *job, double now);
+
+/* job.json: build the text; parse it back into a job (disk files not opened). */
+int srv_job_to_json(const struct srv_job *job, struct p2v_buf *out);
+int srv_job_from_json(const char *text, size_t len, struct srv_job *job, struct p2v_err *err);
+/* Write job.json atomically (and note the time). 0 / -1. */
+int srv_job_save(struct srv_job *job, struct p2v_err *err);
+/* Append one timestamped line to the job's job.log (best effort). */
+void srv_job_log(struct srv_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Disk files of a job. Open (or create) the staging file and journal of a known disk,
+ * checking them against the disk's size; a missing or unusable journal resets the disk
+ * (nothing committed). 0 / -1. */
+int srv_disk_open(struct srv_job *job, unsigned index, uint8_t hash_algo, struct p2v_err *err);
+void srv_job_close_files(struct srv_job *job);
+void srv_job_free(struct srv_job *job);
+
+struct srv_store {
+    char *path;          /* absolute */
+    int dirfd;
+    int jobsfd;
+    int logfd;           /* server.log, -1 when not open */
+    int lockfd;
+    char token[P2V_PROTO_TOKEN_MAX + 1];
+    char format[8];      /* for new jobs */
+    uint64_t window;
+    pthread_mutex_t lock; /* the held-jobs list */
+    struct srv_held *held;
+    int reservefd;       /* STORE/.reserve, -1 when none */
+};
+
+/* The store keeps a small preallocated file (.reserve, SRV_RESERVE_BYTES) so that when
+ * the store's file system is full, job.json can still be written: a write that fails
+ * with ENOSPC shrinks the reserve by one step and is tried again. The reserve is grown
+ * back (best effort) when a session starts. */
+#define SRV_RESERVE_BYTES (4u << 20)
+#define SRV_RESERVE_STEP (256u << 10)
+/* Give back one step of the reserve. true when something was freed. */
+bool srv_store_reserve_release(struct srv_store *st);
+void srv_store_reserve_refill(struct srv_store *st);
+
+struct srv_held {
+    struct srv_held *next;
+    char id[P2V_PROTO_JOB_MAX + 1];
+    char source_id[P2V_PROTO_SOURCE_ID_MAX + 1];
+};
+
+/* Open an initialised store (key, cert, token, jobs/). @for_run also takes the store's
+ * lock (one server per store) and opens server.log. 0 / -1. */
+int srv_store_open(struct srv_store *st, const char *path, bool for_run, struct p2v_err *err);
+void srv_store_close(struct srv_store *st);
+/* True when a running server holds the store's lock. */
+bool srv_store_in_use(const char *path);
+/* Constant-time comparison of a presented token with the store's. */
+bool srv_token_equal(const struct srv_store *st, const char *tok, size_t len);
+
+enum srv_acquire {
+    SRV_ACQ_OK,
+    SRV_ACQ_BUSY,   /* held by a live session */
+    SRV_ACQ_ERROR,  /* err set */
+};
+/* Find or make the job for (name, source_id) (names validated by the caller) and hold it
+ * for one session. *jobp is loaded from job.json with its journals open (unless it is
+ * received); *is_new tells a new job. */
+enum srv_acquire srv_job_acquire(struct srv_store *st, const char *name,
+                                 const char *source_id, struct srv_job **jobp,
+                                 bool *is_new, struct p2v_err *err);
+/* Save (inactive), close and free the job and let other sessions have it. */
+void srv_job_release(struct srv_store *st, struct srv_job *job);
+/* Load a job folder's job.json by id (status, tests). NULL when missing / unreadable. */
+struct srv_job *srv_job_load(struct srv_store *st, const char *id, struct p2v_err *err);
+
+/* Write the final images of a received job from its staging files (see finish.c).
+ * @stop is polled between blocks: when it turns true the function fails with ECANCELED.
+ * On success the staging files and journals are removed and the state is "received". */
+int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
+                   struct p2v_err *err);
+
+/* Close and remove a job's staging files and journals (after its images are written). */
+int srv_job_remove_staging(struct srv_job *job);
+
+/* ---------------------------------------------------------------- server */
+
+struct srv_session;
+
+struct srv_server {
+    struct srv_store store;
+    struct p2v_tls_ctx *tls;
+    int listen_fd;
+    int stop_pipe[2];       /* written once at shutdown and never drained */
+    atomic_bool stopping;
+    unsigned max_sessions;
+    int hello_timeout_ms;
+    int idle_timeout_ms;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct srv_session *sessions; /* live sessions (for shutdown) */
+    unsigned nsessions;
+    unsigned nrejecting;
+};
+
+/* Log a line to stderr and to STORE/server.log. */
+void srv_log(struct srv_server *srv, enum p2v_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void srv_store_log(struct srv_store *st, enum p2v_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* One session on an accepted socket, linked into srv->sessions (which counts it);
+ * srv_session_main (a thread) runs the handshake and the session, then frees it. */
+struct srv_session *srv_session_new(struct srv_server *srv, int fd, const char *peer,
+                                    bool reject_busy);
+void *srv_session_main(void *arg);
+/* Unlink, close and free a session that never ran. */
+void srv_session_free(struct srv_session *s);
+/* Unblock every session stuck in I/O (shutdown(2) of its socket). */
+void srv_sessions_kick_all(struct srv_server *srv);
+
+struct srv_run_opts {
+    const char *store;
+    const char *listen;
+    const char *format;
+    uint64_t window;
+    unsigned max_sessions;
+    const char *port_file;
+};
+int srv_run(const struct srv_run_opts *o);
+
+/* `p2v-server status`: a table, one job (@job), or JSON. Exit code. */
+int srv_status(const char *store, bool json, const char *job);
+
+#endif /* P2V_SERVER_H */

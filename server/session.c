@@ -1,0 +1,855 @@
+/* session.c: one agent's session, from the TLS handshake to FINISHED (wire protocol v1,
+ * docs/protocol.md; the server's steps are numbered as there).
+ *
+ * Every frame is decoded and checked by the codec (p2v_conn_read_frame), then checked
+ * once here against the session's state — order, declared disks, ranges inside the disk,
+ * the zstd payload's size and the content hash — before any handler writes a byte. A
+ * violation ends the session with an ERROR frame naming what was wrong; it touches
+ * nothing outside the job's folder and no other session.
+ *
+ * Durability (step 6): verified DATA goes into the sparse staging file at once; it becomes
+ * "committed" when the staging file has been fdatasync'd and the chunk's record has been
+ * appended to the disk's journal and fdatasync'd — then COMMITTED tells the agent. A
+ * commit happens when half the journal window is pending, after a second with anything
+ * pending, at DISK_END, DONE and HASHES, and when the session ends cleanly.
+ *
+ * Memory per session is bounded: one frame body (<= P2V_PROTO_BODY_MAX), one 1 MiB
+ * decompression buffer, and at most SESS_PEND_MAX pending journal records.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "p2v-tls.h"
+#include "server.h"
+
+#define SESS_PEND_MAX 4096        /* pending journal records before a forced commit */
+#define SESS_COMMIT_INTERVAL 1.0  /* seconds with something pending */
+#define SESS_SAVE_INTERVAL 1.0    /* job.json while active */
+#define SESS_IO_TIMEOUT_MS 60000  /* a frame once started must arrive within this */
+#define SESS_HANDSHAKE_MS 10000
+#define SESS_LINGER_S 2.0         /* reading what the agent still sends after our close */
+
+struct sess_pend {
+    uint32_t disk;
+    struct jrnl_rec rec;
+};
+
+struct srv_session {
+    struct srv_session *next, *prev;
+    struct srv_server *srv;
+    int fd;                 /* our own descriptor of the socket (poll, shutdown) */
+    char peer[80];
+    bool reject_busy;
+    struct p2v_conn *conn;
+    struct srv_job *job;
+    uint8_t hash_algo;
+    bool declared[P2V_PROTO_DISKS_MAX];
+    uint64_t sent[P2V_PROTO_DISKS_MAX]; /* non-zero DATA bytes received this session */
+    bool facts_seen, disk_seen;
+    bool dead;              /* the connection is gone: send nothing more */
+    struct p2v_buf body, out;
+    uint8_t *zbuf;
+    ZSTD_DCtx *dctx;
+    struct sess_pend *pend;
+    struct jrnl_rec *recs;  /* scratch for one disk's records at commit */
+    size_t npend;
+    uint64_t pend_bytes;    /* non-zero bytes pending */
+    double pend_since;
+    uint64_t c_frames, c_bytes; /* committed this session (cumulative, as in COMMITTED) */
+    uint64_t frames;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static bool no_space(int e)
+{
+    return e == ENOSPC || e == EDQUOT;
+}
+
+static const char *job_id(const struct srv_session *s)
+{
+    return s->job ? s->job->id : "-";
+}
+
+/* Send the frame in s->out. */
+static int sess_send(struct srv_session *s)
+{
+    struct p2v_err err = {0};
+    if (s->dead) {
+        p2v_buf_reset(&s->out);
+        return -1;
+    }
+    if (p2v_conn_send(s->conn, &s->out, &err) < 0) {
+        srv_log(s->srv, P2V_LOG_WARN, "%s: job %s: connection lost: %s", s->peer, job_id(s),
+                err.msg);
+        s->dead = true;
+        p2v_buf_reset(&s->out);
+        return -1;
+    }
+    return 0;
+}
+
+/* End the session with an ERROR frame: log it, and for errors that say the capture went
+ * wrong, mark the job failed in the "receiving" stage. Always -1. */
+__attribute__((format(printf, 3, 4))) static int sess_error(struct srv_session *s,
+                                                           uint16_t code, const char *fmt,
+                                                           ...)
+{
+    char msg[P2V_PROTO_MSG_MAX + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (char *p = msg; *p; p++) /* the ERROR text is printable ASCII */
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            *p = '?';
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_error(&s->out, code, msg) == 0)
+        sess_send(s);
+    srv_log(s->srv, code == P2V_E_SHUTDOWN || code == P2V_E_BUSY ? P2V_LOG_INFO : P2V_LOG_WARN,
+            "%s: job %s: ERROR %s: %s", s->peer, job_id(s), p2v_proto_err_name(code), msg);
+    if (s->job) {
+        srv_job_log(s->job, "session %llu: ERROR %s: %s", (unsigned long long)s->job->sessions,
+                    p2v_proto_err_name(code), msg);
+        if (code == P2V_E_NOSPACE || code == P2V_E_HASH || code == P2V_E_DISK ||
+            code == P2V_E_PROTO || code == P2V_E_INTERNAL) {
+            struct p2v_err err = {0};
+            s->job->state = JOB_FAILED;
+            snprintf(s->job->failed_stage, sizeof s->job->failed_stage, "receiving");
+            snprintf(s->job->reason, sizeof s->job->reason, "%.1000s", msg);
+            if (srv_job_save(s->job, &err) < 0)
+                srv_log(s->srv, P2V_LOG_ERROR, "%s", err.msg);
+        }
+    }
+    return -1;
+}
+
+/* An I/O error writing @file: NOSPACE when the store is full, INTERNAL otherwise. */
+static int sess_io_error(struct srv_session *s, int e, const char *file, const char *what)
+{
+    if (no_space(e))
+        return sess_error(s, P2V_E_NOSPACE,
+                          "server store is full (no space left on device writing '%s')", file);
+    return sess_error(s, P2V_E_INTERNAL, "cannot %s '%s': %s", what, file, strerror(e));
+}
+
+static void save_job(struct srv_session *s)
+{
+    struct p2v_err err = {0};
+    srv_job_rate_sample(s->job, p2v_now());
+    if (srv_job_save(s->job, &err) < 0)
+        srv_log(s->srv, P2V_LOG_WARN, "%s", err.msg);
+}
+
+/* ---------------------------------------------------------------- commit */
+
+/* Make the pending chunks durable and append their records (step 6). @notify sends
+ * COMMITTED. 0 / -1 (an ERROR frame was sent when the store failed). */
+static int sess_commit(struct srv_session *s, bool notify)
+{
+    struct srv_job *job = s->job;
+    struct p2v_err err = {0};
+    char name[32];
+    if (!job || s->npend == 0)
+        return 0;
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
+        struct srv_disk *d = &job->disks[i];
+        if (!d->dirty)
+            continue;
+        if (fdatasync(d->part_fd) < 0) {
+            snprintf(name, sizeof name, "disk%u.part", i);
+            return sess_io_error(s, errno, name, "sync");
+        }
+        d->dirty = false;
+    }
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
+        size_t n = 0;
+        for (size_t k = 0; k < s->npend; k++)
+            if (s->pend[k].disk == i)
+                s->recs[n++] = s->pend[k].rec;
+        if (n == 0)
+            continue;
+        struct srv_disk *d = &job->disks[i];
+        if (jrnl_append(&d->jr, s->recs, n, &err) < 0) {
+            snprintf(name, sizeof name, "disk%u.journal", i);
+            return sess_io_error(s, err.code, name, "append to");
+        }
+        d->committed = srv_ranges_bytes(&d->jr.committed);
+    }
+    s->c_frames += s->npend;
+    s->c_bytes += s->pend_bytes;
+    s->npend = 0;
+    s->pend_bytes = 0;
+    if (!notify)
+        return 0;
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_committed(&s->out, s->c_frames, s->c_bytes) < 0)
+        return sess_error(s, P2V_E_INTERNAL, "cannot encode COMMITTED");
+    return sess_send(s);
+}
+
+/* ---------------------------------------------------------------- handlers */
+
+static int on_hello(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct srv_server *srv = s->srv;
+    struct p2v_err err = {0};
+    char name[P2V_PROTO_NAME_MAX + 1], source_id[P2V_PROTO_SOURCE_ID_MAX + 1];
+    char agent[P2V_PROTO_VERSION_STR_MAX + 1];
+
+    if (m->u.hello.version_min > P2V_PROTO_VERSION || m->u.hello.version_max < P2V_PROTO_VERSION)
+        return sess_error(s, P2V_E_VERSION,
+                          "no common protocol version (the agent speaks %u..%u, the server %u)",
+                          m->u.hello.version_min, m->u.hello.version_max, P2V_PROTO_VERSION);
+    if (!srv_token_equal(&srv->store, m->u.hello.token.p, m->u.hello.token.len))
+        return sess_error(s, P2V_E_AUTH, "wrong join token");
+    if (m->u.hello.hash_algo != P2V_HASH_SHA256 && m->u.hello.hash_algo != P2V_HASH_BLAKE2B)
+        return sess_error(s, P2V_E_PROTO, "HELLO: unknown hash algorithm %u",
+                          m->u.hello.hash_algo);
+    const struct p2v_str *nm = &m->u.hello.name;
+    if (srv_name_check(nm->p, nm->len, &err) < 0)
+        return sess_error(s, P2V_E_NAME, "machine name '%.*s' refused: %s",
+                          (int)P2V_MIN(nm->len, (uint16_t)P2V_PROTO_NAME_MAX), nm->p, err.msg);
+    memcpy(name, nm->p, nm->len);
+    name[nm->len] = '\0';
+    const struct p2v_str *si = &m->u.hello.source_id;
+    if (si->len == 0 || si->len > P2V_PROTO_SOURCE_ID_MAX)
+        return sess_error(s, P2V_E_PROTO, "HELLO: the source id is empty or too long");
+    memcpy(source_id, si->p, si->len);
+    source_id[si->len] = '\0';
+    size_t alen = P2V_MIN((size_t)m->u.hello.agent_version.len, sizeof agent - 1);
+    memcpy(agent, m->u.hello.agent_version.p, alen);
+    agent[alen] = '\0';
+    s->hash_algo = m->u.hello.hash_algo;
+
+    bool is_new = false;
+    struct srv_job *job = NULL;
+    switch (srv_job_acquire(&srv->store, name, source_id, &job, &is_new, &err)) {
+    case SRV_ACQ_OK: break;
+    case SRV_ACQ_BUSY:
+        return sess_error(s, P2V_E_BUSY,
+                          "the job of machine '%s' is held by another session", name);
+    case SRV_ACQ_ERROR:
+        if (no_space(err.code))
+            return sess_error(s, P2V_E_NOSPACE,
+                              "server store is full (no space left on device making job '%s')",
+                              name);
+        return sess_error(s, P2V_E_INTERNAL, "cannot open a job for '%s': %s", name, err.msg);
+    }
+    s->job = job;
+    job->sessions++;
+    snprintf(job->agent, sizeof job->agent, "%s", s->peer);
+
+    uint8_t state = is_new ? P2V_JOB_NEW : P2V_JOB_RESUME;
+    if (job->state == JOB_RECEIVED) {
+        state = P2V_JOB_COMPLETE;
+        srv_job_remove_staging(job); /* leftovers of a server that died after the images */
+    } else {
+        job->active = true;
+        if (job->state == JOB_FAILED) {
+            job->state = JOB_RECEIVING;
+            job->failed_stage[0] = job->reason[0] = '\0';
+        }
+        for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
+            if (!job->disks[i].known)
+                continue;
+            if (srv_disk_open(job, i, s->hash_algo, &err) < 0) {
+                char f[32];
+                snprintf(f, sizeof f, "disk%u", i);
+                return sess_io_error(s, err.code, f, "open the staging files of");
+            }
+        }
+    }
+    srv_job_log(job, "session %llu from %s (agent '%s', %s): %s",
+                (unsigned long long)job->sessions, s->peer, agent,
+                p2v_hash_name((enum p2v_hash_algo)s->hash_algo),
+                state == P2V_JOB_NEW ? "new job" : state == P2V_JOB_RESUME ? "resumed"
+                                                                           : "already received");
+    srv_log(srv, P2V_LOG_INFO, "%s: job %s: session %llu (machine '%s'): %s", s->peer, job->id,
+            (unsigned long long)job->sessions, name,
+            state == P2V_JOB_NEW ? "new job" : state == P2V_JOB_RESUME ? "resumed"
+                                                                       : "already received");
+    save_job(s);
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_welcome(&s->out, state, srv->store.window, job->id) < 0)
+        return sess_error(s, P2V_E_INTERNAL, "cannot encode WELCOME");
+    if (sess_send(s) < 0)
+        return -1;
+    return state == P2V_JOB_COMPLETE ? 1 : 0;
+}
+
+static int on_facts(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct p2v_err err = {0};
+    if (s->facts_seen)
+        return sess_error(s, P2V_E_PROTO, "FACTS sent twice");
+    if (s->disk_seen)
+        return sess_error(s, P2V_E_PROTO, "FACTS after DISK");
+    s->facts_seen = true;
+    if (srv_write_file_at(s->job->dirfd, "facts.json", m->u.facts.json.p, m->u.facts.json.len,
+                          0600, &err) < 0)
+        return sess_io_error(s, err.code, "facts.json", "write");
+    srv_job_log(s->job, "facts received (%u bytes)", m->u.facts.json.len);
+    return 0;
+}
+
+static int send_have(struct srv_session *s, uint32_t disk)
+{
+    const struct srv_ranges *r = &s->job->disks[disk].jr.committed;
+    size_t i = 0;
+    do {
+        uint32_t n = (uint32_t)P2V_MIN(r->n - i, (size_t)P2V_PROTO_RANGES_MAX);
+        uint8_t flags = i + n < r->n ? P2V_RANGES_MORE : 0;
+        p2v_buf_reset(&s->out);
+        if (p2v_proto_put_ranges(&s->out, P2V_MSG_HAVE, flags, disk, r->v ? r->v + i : NULL,
+                                 n) < 0)
+            return sess_error(s, P2V_E_INTERNAL, "cannot encode HAVE");
+        if (sess_send(s) < 0)
+            return -1;
+        i += n;
+    } while (i < r->n);
+    return 0;
+}
+
+static int on_disk(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct srv_job *job = s->job;
+    struct p2v_err err = {0};
+    uint32_t i = m->u.disk.disk;
+    if (i >= P2V_PROTO_DISKS_MAX)
+        return sess_error(s, P2V_E_DISK, "disk index %u is out of range", i);
+    if (s->declared[i])
+        return sess_error(s, P2V_E_PROTO, "disk %u declared twice", i);
+    struct srv_disk *d = &job->disks[i];
+    if (d->known && (d->size != m->u.disk.size || d->sector_size != m->u.disk.sector_size))
+        return sess_error(s, P2V_E_DISK,
+                          "disk %u: source changed (%llu bytes, %u-byte sectors; the job has "
+                          "%llu bytes, %u-byte sectors)",
+                          i, (unsigned long long)m->u.disk.size, m->u.disk.sector_size,
+                          (unsigned long long)d->size, d->sector_size);
+    bool was_known = d->known;
+    d->size = m->u.disk.size;
+    d->sector_size = m->u.disk.sector_size;
+    d->planned = P2V_MIN(m->u.disk.planned, m->u.disk.size);
+    d->all_blocks = (m->flags & P2V_DISK_ALL_BLOCKS) != 0;
+    size_t nl = P2V_MIN((size_t)m->u.disk.name.len, sizeof d->name - 1);
+    memcpy(d->name, m->u.disk.name.p, nl);
+    d->name[nl] = '\0';
+    size_t il = P2V_MIN((size_t)m->u.disk.id.len, sizeof d->id - 1);
+    memcpy(d->id, m->u.disk.id.p, il);
+    d->id[il] = '\0';
+    if (!was_known) {
+        d->known = true;
+        d->complete = false;
+        d->committed = 0;
+    }
+    if (srv_disk_open(job, i, s->hash_algo, &err) < 0) {
+        char f[32];
+        snprintf(f, sizeof f, "disk%u.part", i);
+        return sess_io_error(s, err.code, f, "create");
+    }
+    s->declared[i] = true;
+    s->disk_seen = true;
+    char sz[32], have[32];
+    srv_job_log(job, "disk %u '%s' (%s, %u-byte sectors, %llu bytes planned%s): %s committed",
+                i, d->name, p2v_format_size(d->size, sz, sizeof sz), d->sector_size,
+                (unsigned long long)d->planned, d->all_blocks ? ", all blocks" : "",
+                p2v_format_size(d->committed, have, sizeof have));
+    save_job(s);
+    return send_have(s, i);
+}
+
+static int on_data(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct srv_job *job = s->job;
+    struct p2v_err err = {0};
+    uint32_t i = m->u.data.disk;
+    char name[32];
+    if (i >= P2V_PROTO_DISKS_MAX || !s->declared[i])
+        return sess_error(s, P2V_E_DISK, "DATA for disk %u, which was not declared", i);
+    struct srv_disk *d = &job->disks[i];
+    if (p2v_proto_check_data(m, d->size, &err) < 0)
+        return sess_error(s, P2V_E_DISK, "disk %u: %s", i, err.msg);
+    uint64_t off = m->u.data.off;
+    uint32_t len = m->u.data.len;
+    bool zero = (m->flags & P2V_DATA_ZERO) != 0;
+    const uint8_t *data = m->u.data.payload;
+    if (!zero && (m->flags & P2V_DATA_ZSTD)) {
+        size_t n = ZSTD_decompressDCtx(s->dctx, s->zbuf, len, m->u.data.payload,
+                                       m->u.data.payload_len);
+        if (ZSTD_isError(n))
+            return sess_error(s, P2V_E_PROTO,
+                              "DATA disk %u at offset %llu: the zstd payload does not "
+                              "decompress to %u bytes: %s",
+                              i, (unsigned long long)off, len, ZSTD_getErrorName(n));
+        if (n != len)
+            return sess_error(s, P2V_E_PROTO,
+                              "DATA disk %u at offset %llu: the zstd payload decompresses to "
+                              "%zu bytes, not %u",
+                              i, (unsigned long long)off, n, len);
+        data = s->zbuf;
+    } else if (!zero && m->u.data.payload_len != len) {
+        return sess_error(s, P2V_E_PROTO, "DATA disk %u at offset %llu: payload is %zu bytes, "
+                          "not %u", i, (unsigned long long)off, m->u.data.payload_len, len);
+    }
+    if (!zero) {
+        uint8_t h[P2V_PROTO_HASH_LEN];
+        if (p2v_hash((enum p2v_hash_algo)s->hash_algo, data, len, h) < 0)
+            return sess_error(s, P2V_E_INTERNAL, "cannot compute a hash");
+        if (memcmp(h, m->u.data.hash, P2V_PROTO_HASH_LEN) != 0)
+            return sess_error(s, P2V_E_HASH,
+                              "DATA disk %u at offset %llu (%u bytes): the content does not "
+                              "match its %s hash",
+                              i, (unsigned long long)off, len,
+                              p2v_hash_name((enum p2v_hash_algo)s->hash_algo));
+    }
+
+    /* verified: now write */
+    snprintf(name, sizeof name, "disk%u.part", i);
+    if (zero) {
+        if (fallocate(d->part_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                      (off_t)len) < 0) {
+            if (errno != EOPNOTSUPP)
+                return sess_io_error(s, errno, name, "punch a hole in");
+            /* no hole punching here: write the zeros */
+            memset(s->zbuf, 0, len);
+            if (p2v_pwrite_full(d->part_fd, s->zbuf, len, off) < 0)
+                return sess_io_error(s, errno, name, "write");
+        }
+    } else if (p2v_pwrite_full(d->part_fd, data, len, off) < 0) {
+        return sess_io_error(s, errno, name, "write");
+    } else {
+        /* start the write-back now, so that the commit's fdatasync finds little left to
+         * do and the session does not stall on it (best effort: no error is possible
+         * here that the fdatasync would not report) */
+        (void)sync_file_range(d->part_fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    }
+    d->dirty = true;
+
+    struct sess_pend *p = &s->pend[s->npend++];
+    memset(p, 0, sizeof *p);
+    p->disk = i;
+    p->rec.off = off;
+    p->rec.len = len;
+    p->rec.flags = zero ? JRNL_REC_ZERO : 0;
+    p->rec.hash_algo = s->hash_algo;
+    if (!zero)
+        memcpy(p->rec.hash, m->u.data.hash, P2V_PROTO_HASH_LEN);
+    p->rec.session = job->sessions;
+    if (s->npend == 1)
+        s->pend_since = p2v_now();
+    if (!zero) {
+        s->pend_bytes += len;
+        s->sent[i] += len;
+        job->bytes_received += len;
+    }
+    s->frames++;
+    if (s->pend_bytes >= s->srv->store.window / 2 || s->npend >= SESS_PEND_MAX)
+        return sess_commit(s, true);
+    return 0;
+}
+
+static int on_disk_end(struct srv_session *s, const struct p2v_msg *m)
+{
+    uint32_t i = m->u.disk_end.disk;
+    if (i >= P2V_PROTO_DISKS_MAX || !s->declared[i])
+        return sess_error(s, P2V_E_DISK, "DISK_END for disk %u, which was not declared", i);
+    if (sess_commit(s, true) < 0)
+        return -1;
+    struct srv_disk *d = &s->job->disks[i];
+    d->complete = true;
+    d->committed = srv_ranges_bytes(&d->jr.committed);
+    srv_job_log(s->job, "disk %u: DISK_END (agent sent %llu bytes, server received %llu this "
+                "session); %llu bytes committed", i, (unsigned long long)m->u.disk_end.bytes,
+                (unsigned long long)s->sent[i], (unsigned long long)d->committed);
+    /* the disk's completeness is durable (job.json) before DISK_OK says so */
+    struct p2v_err err = {0};
+    srv_job_rate_sample(s->job, p2v_now());
+    if (srv_job_save(s->job, &err) < 0)
+        return sess_io_error(s, err.code, "job.json", "write");
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_disk_end(&s->out, P2V_MSG_DISK_OK, i, d->committed) < 0)
+        return sess_error(s, P2V_E_INTERNAL, "cannot encode DISK_OK");
+    return sess_send(s);
+}
+
+static int on_done(struct srv_session *s)
+{
+    struct srv_job *job = s->job;
+    struct p2v_err err = {0};
+    unsigned ndisks = 0;
+    if (sess_commit(s, true) < 0)
+        return -1;
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
+        if (!job->disks[i].known)
+            continue;
+        if (!job->disks[i].complete)
+            return sess_error(s, P2V_E_PROTO, "DONE before disk %u was finished (no DISK_END)",
+                              i);
+        ndisks++;
+    }
+    if (ndisks == 0)
+        return sess_error(s, P2V_E_PROTO, "DONE without any disk");
+    double t0 = p2v_now();
+    save_job(s);
+    srv_job_log(job, "DONE: writing %u %s image(s)", ndisks, job->format);
+    if (srv_job_finish(&s->srv->store, job, &s->srv->stopping, &err) < 0) {
+        if (err.code == ECANCELED)
+            return sess_error(s, P2V_E_SHUTDOWN, "the server is stopping; the images will be "
+                              "written at the next DONE");
+        if (no_space(err.code))
+            return sess_error(s, P2V_E_NOSPACE, "%s", err.msg);
+        return sess_error(s, P2V_E_INTERNAL, "%s", err.msg);
+    }
+    char total[32], text[P2V_PROTO_MSG_MAX];
+    p2v_format_size(srv_job_bytes_done(job), total, sizeof total);
+    snprintf(text, sizeof text, "job %s: %u disk%s received, %s (%s)", job->id, ndisks,
+             ndisks == 1 ? "" : "s", total, job->format);
+    srv_job_log(job, "received: %s (images written in %.1f s)", text, p2v_now() - t0);
+    srv_log(s->srv, P2V_LOG_INFO, "%s: %s", s->peer, text);
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_finished(&s->out, text) < 0)
+        return sess_error(s, P2V_E_INTERNAL, "cannot encode FINISHED");
+    sess_send(s);
+    return 1;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const struct jrnl_hash_entry *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static int on_hashes(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct p2v_err err = {0};
+    uint32_t i = m->u.hashes.disk, n = m->u.hashes.count;
+    struct jrnl_hash_entry *e = NULL;
+    struct p2v_range *want = NULL;
+    int r = -1;
+    if (i >= P2V_PROTO_DISKS_MAX || !s->declared[i])
+        return sess_error(s, P2V_E_DISK, "HASHES for disk %u, which was not declared", i);
+    if (sess_commit(s, true) < 0)
+        return -1;
+    struct srv_disk *d = &s->job->disks[i];
+    e = calloc(n ? n : 1, sizeof *e);
+    want = calloc(n ? n : 1, sizeof *want);
+    if (!e || !want) {
+        r = sess_error(s, P2V_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        const uint8_t *h;
+        p2v_proto_hash_entry(m, k, &e[k].off, &e[k].len, &h);
+        e[k].hash = h;
+        if (e[k].len == 0 || e[k].len > P2V_PROTO_CHUNK_MAX || e[k].len % 512 ||
+            e[k].off % 512 || !p2v_range_ok(e[k].off, e[k].len, d->size)) {
+            r = sess_error(s, P2V_E_DISK, "HASHES disk %u: entry %u (%llu+%u) is not a valid "
+                           "range of the disk", i, k, (unsigned long long)e[k].off, e[k].len);
+            goto out;
+        }
+    }
+    qsort(e, n, sizeof *e, cmp_entry);
+    for (uint32_t k = 1; k < n; k++) {
+        if (e[k - 1].off + e[k - 1].len > e[k].off) {
+            r = sess_error(s, P2V_E_PROTO, "HASHES disk %u: entries overlap at offset %llu", i,
+                           (unsigned long long)e[k].off);
+            goto out;
+        }
+    }
+    if (jrnl_match(&d->jr, e, n, s->hash_algo, &err) < 0) {
+        r = sess_error(s, P2V_E_INTERNAL, "disk %u: %s", i, err.msg);
+        goto out;
+    }
+    uint32_t nw = 0;
+    uint64_t wanted = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (e[k].same)
+            continue;
+        wanted += e[k].len;
+        if (nw && want[nw - 1].off + want[nw - 1].len == e[k].off)
+            want[nw - 1].len += e[k].len;
+        else
+            want[nw++] = (struct p2v_range){e[k].off, e[k].len};
+    }
+    srv_job_log(s->job, "disk %u: HASHES of %u range(s): %llu bytes wanted", i, n,
+                (unsigned long long)wanted);
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_ranges(&s->out, P2V_MSG_WANT, m->flags & P2V_RANGES_MORE, i, want, nw) <
+        0) {
+        r = sess_error(s, P2V_E_INTERNAL, "cannot encode WANT");
+        goto out;
+    }
+    r = sess_send(s);
+out:
+    free(e);
+    free(want);
+    return r;
+}
+
+/* Step 2..9: one frame in the session's state. 0 go on, 1 the session is over (done), -1
+ * the session failed (already reported). */
+static int sess_dispatch(struct srv_session *s, const struct p2v_msg *m)
+{
+    if (!s->job) {
+        if (m->type != P2V_MSG_HELLO)
+            return sess_error(s, P2V_E_PROTO, "expected HELLO, got %s",
+                              p2v_proto_type_name(m->type));
+        return on_hello(s, m);
+    }
+    switch (m->type) {
+    case P2V_MSG_FACTS: return on_facts(s, m);
+    case P2V_MSG_DISK: return on_disk(s, m);
+    case P2V_MSG_DATA: return on_data(s, m);
+    case P2V_MSG_DISK_END: return on_disk_end(s, m);
+    case P2V_MSG_DONE: return on_done(s);
+    case P2V_MSG_HASHES: return on_hashes(s, m);
+    case P2V_MSG_ERROR: {
+        int n = (int)m->u.error.text.len;
+        srv_log(s->srv, P2V_LOG_WARN, "%s: job %s: the agent reported ERROR %s: %.*s", s->peer,
+                job_id(s), p2v_proto_err_name(m->u.error.code), n, m->u.error.text.p);
+        srv_job_log(s->job, "session %llu: the agent reported ERROR %s: %.*s",
+                    (unsigned long long)s->job->sessions, p2v_proto_err_name(m->u.error.code),
+                    n, m->u.error.text.p);
+        s->dead = true; /* the agent closes after an ERROR */
+        return sess_commit(s, false) < 0 ? -1 : 1;
+    }
+    case P2V_MSG_HELLO: return sess_error(s, P2V_E_PROTO, "HELLO sent twice");
+    default:
+        return sess_error(s, P2V_E_PROTO, "unexpected %s from an agent",
+                          p2v_proto_type_name(m->type));
+    }
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+static void sess_periodic(struct srv_session *s)
+{
+    double now = p2v_now();
+    if (s->job && s->job->active && now - s->job->last_save >= SESS_SAVE_INTERVAL)
+        save_job(s);
+}
+
+static void sess_loop(struct srv_session *s)
+{
+    struct srv_server *srv = s->srv;
+    struct p2v_err err = {0};
+    struct p2v_msg m;
+    double last_frame = p2v_now();
+
+    for (;;) {
+        if (atomic_load(&srv->stopping)) {
+            if (sess_commit(s, true) == 0)
+                sess_error(s, P2V_E_SHUTDOWN, "the server is shutting down");
+            return;
+        }
+        double now = p2v_now();
+        double limit = (s->job ? srv->idle_timeout_ms : srv->hello_timeout_ms) / 1000.0;
+        if (now - last_frame >= limit) {
+            srv_log(srv, P2V_LOG_WARN, "%s: job %s: no frame for %.0f s: closing", s->peer,
+                    job_id(s), limit);
+            if (s->job)
+                srv_job_log(s->job, "session %llu: idle for %.0f s: closed",
+                            (unsigned long long)s->job->sessions, limit);
+            sess_commit(s, false);
+            return;
+        }
+        if (s->npend && now - s->pend_since >= SESS_COMMIT_INTERVAL) {
+            if (sess_commit(s, true) < 0)
+                return;
+        }
+        sess_periodic(s);
+        if (!p2v_conn_readable(s->conn)) {
+            double wait = last_frame + limit - now;
+            if (s->npend)
+                wait = P2V_MIN(wait, s->pend_since + SESS_COMMIT_INTERVAL - now);
+            if (s->job && s->job->active)
+                wait = P2V_MIN(wait, SESS_SAVE_INTERVAL);
+            int ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
+            struct pollfd pfd[2] = {{.fd = s->fd, .events = POLLIN},
+                                    {.fd = srv->stop_pipe[0], .events = POLLIN}};
+            int pr = poll(pfd, 2, ms);
+            if (pr < 0 && errno != EINTR) {
+                srv_log(srv, P2V_LOG_ERROR, "%s: poll: %s", s->peer, strerror(errno));
+                return;
+            }
+            if (pr <= 0 || !(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+        }
+        int r = p2v_conn_read_frame(s->conn, &s->body, &m, &err);
+        if (r == 0) {
+            srv_log(srv, P2V_LOG_INFO, "%s: job %s: the agent closed the connection", s->peer,
+                    job_id(s));
+            s->dead = true;
+            sess_commit(s, false);
+            return;
+        }
+        if (r < 0) {
+            if (err.code == EPROTO) {
+                sess_error(s, P2V_E_PROTO, "%s", err.msg);
+            } else {
+                srv_log(srv, P2V_LOG_WARN, "%s: job %s: connection lost: %s", s->peer,
+                        job_id(s), err.msg);
+                s->dead = true;
+                sess_commit(s, false);
+            }
+            return;
+        }
+        last_frame = p2v_now();
+        r = sess_dispatch(s, &m);
+        if (r != 0)
+            return;
+    }
+}
+
+/* ---------------------------------------------------------------- life cycle */
+
+struct srv_session *srv_session_new(struct srv_server *srv, int fd, const char *peer,
+                                    bool reject_busy)
+{
+    struct srv_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->srv = srv;
+    s->fd = fd;
+    s->reject_busy = reject_busy;
+    snprintf(s->peer, sizeof s->peer, "%s", peer);
+    p2v_buf_init(&s->body, P2V_PROTO_BODY_MAX);
+    p2v_buf_init(&s->out, P2V_PROTO_BODY_MAX);
+    pthread_mutex_lock(&srv->lock);
+    s->next = srv->sessions;
+    if (srv->sessions)
+        srv->sessions->prev = s;
+    srv->sessions = s;
+    if (reject_busy)
+        srv->nrejecting++;
+    else
+        srv->nsessions++;
+    pthread_mutex_unlock(&srv->lock);
+    return s;
+}
+
+void srv_sessions_kick_all(struct srv_server *srv)
+{
+    /* under srv->lock, every listed session's fd stays open */
+    pthread_mutex_lock(&srv->lock);
+    for (struct srv_session *s = srv->sessions; s; s = s->next)
+        if (s->fd >= 0)
+            shutdown(s->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&srv->lock);
+}
+
+/* Half-close and read until the peer closes (bounded): closing a socket with unread
+ * input makes the kernel send a reset, which can destroy the ERROR frame we just sent
+ * before the agent reads it. */
+static void linger_close(struct srv_session *s)
+{
+    char sink[4096];
+    double end = p2v_now() + (atomic_load(&s->srv->stopping) ? 0.5 : SESS_LINGER_S);
+    shutdown(s->fd, SHUT_WR);
+    for (;;) {
+        double left = end - p2v_now();
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        ssize_t n = read(s->fd, sink, sizeof sink);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            break;
+    }
+}
+
+void srv_session_free(struct srv_session *s)
+{
+    struct srv_server *srv = s->srv;
+    if (s->job) {
+        srv_job_log(s->job, "session %llu ended: %llu DATA frames, %llu bytes committed",
+                    (unsigned long long)s->job->sessions, (unsigned long long)s->c_frames,
+                    (unsigned long long)s->c_bytes);
+        srv_job_release(&srv->store, s->job);
+        s->job = NULL;
+    }
+    p2v_conn_close(s->conn); /* close_notify; our own descriptor keeps the socket open */
+    s->conn = NULL;
+    if (s->fd >= 0 && !s->dead)
+        linger_close(s);
+    p2v_buf_release(&s->body);
+    p2v_buf_release(&s->out);
+    free(s->zbuf);
+    free(s->pend);
+    free(s->recs);
+    ZSTD_freeDCtx(s->dctx);
+    pthread_mutex_lock(&srv->lock);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    if (s->reject_busy)
+        srv->nrejecting--;
+    else
+        srv->nsessions--;
+    pthread_cond_broadcast(&srv->cond);
+    pthread_mutex_unlock(&srv->lock);
+    free(s);
+}
+
+void *srv_session_main(void *arg)
+{
+    struct srv_session *s = arg;
+    struct srv_server *srv = s->srv;
+    struct p2v_err err = {0};
+
+    /* the connection gets its own descriptor of the socket: ours stays valid for poll()
+     * and for shutdown() at server stop until srv_session_free closes it */
+    int cfd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+    if (cfd < 0) {
+        srv_log(srv, P2V_LOG_ERROR, "%s: %s", s->peer, strerror(errno));
+        goto out;
+    }
+    s->conn = p2v_conn_accept(srv->tls, cfd, SESS_HANDSHAKE_MS, &err);
+    if (!s->conn) {
+        /* the TLS layer's message names the handshake and the peer already */
+        const char *why = err.msg, *p = strstr(why, " failed: ");
+        if (strncmp(why, "TLS handshake with ", 19) == 0 && p)
+            why = p + 9;
+        srv_log(srv, P2V_LOG_WARN, "%s: TLS handshake failed: %s", s->peer, why);
+        goto out;
+    }
+    p2v_conn_set_timeout(s->conn, SESS_IO_TIMEOUT_MS);
+    if (s->reject_busy) {
+        sess_error(s, P2V_E_BUSY, "the server is busy (%u sessions); try again later",
+                   srv->max_sessions);
+        goto out;
+    }
+    s->zbuf = malloc(P2V_PROTO_CHUNK_MAX);
+    s->pend = calloc(SESS_PEND_MAX, sizeof *s->pend);
+    s->recs = calloc(SESS_PEND_MAX, sizeof *s->recs);
+    s->dctx = ZSTD_createDCtx();
+    if (!s->zbuf || !s->pend || !s->recs || !s->dctx) {
+        sess_error(s, P2V_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    sess_loop(s);
+out:
+    srv_session_free(s);
+    return NULL;
+}
