@@ -97,7 +97,8 @@ tmpdir() {
 
 p2v_bin() {
     local n=$1 c
-    for c in "$top_builddir/$n" "$top_builddir"/*/"$n" "$top_builddir/.libs/$n"; do
+    for c in "$top_builddir/$n" "$top_builddir"/*/"$n" "$top_builddir"/tests/*/"$n" \
+             "$top_builddir/.libs/$n"; do
         if [ -x "$c" ] && [ -f "$c" ]; then echo "$c"; return 0; fi
     done
     bail "$n is not built in $top_builddir (run make)"

@@ -6,13 +6,17 @@ tests_unit_common_test_common_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_common_test_common_LDADD = libp2vcommon.la
 TESTS += tests/unit/common/test-common
 
-EXTRA_DIST += tests/tap.h
+EXTRA_DIST += tests/tap.h tests/capture-lib.sh tests/compare-used.py
 
 # Integration tests of our own programs (run in the sanitizer build too).
 CODE_TESTS = \
 	tests/integration/p2v-img-roundtrip.sh \
 	tests/integration/p2v-img-errors.sh \
-	tests/integration/p2v-img-kill.sh
+	tests/integration/p2v-img-kill.sh \
+	tests/integration/capture-fixtures.sh \
+	tests/integration/capture-faults.sh \
+	tests/integration/capture-many.sh \
+	tests/integration/capture-nospace.sh
 # Fixture proofs: QEMU boots the "physical machines" (no code of ours runs).
 FIXTURE_TESTS = \
 	tests/integration/fixture-mini-bios.sh \

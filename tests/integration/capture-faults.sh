@@ -1,0 +1,132 @@
+#!/bin/bash
+# Faults during a capture, each at P2V_FAULT_POINTS (default 10) random points: SIGKILL
+# the agent (then run it again), SIGKILL the server (then start it again; the same agent
+# reconnects), and cut the TCP link through a fault proxy (the agent reconnects). Every
+# time the job resumes (the server says it has part of the disk), the result is identical
+# to the source, and the bytes sent again stay within one journal window (the figure is
+# printed). The first run of each capture is paced with --max-rate so that the random
+# points fall inside the transfer on any machine.
+. "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
+require_tool qemu-img python3
+. "$top_srcdir/tests/capture-lib.sh"
+PROXY=$(p2v_bin faultproxy) || bail "tests/tools/faultproxy is not built (make check builds it)"
+
+points=${P2V_FAULT_POINTS:-10}
+window_mib=8
+plan $((3 * points * 3 + 1))
+
+work=$(tmpdir)
+store=$work/store
+store_init "$store"
+port=$(free_port)
+server_start "$store" "$port" --window ${window_mib}M
+src=$work/src.raw
+mkdisk "$src" 128 7 20
+window=$((window_mib << 20))
+rate=40M
+
+# one clean paced run: how long does a capture take (kill points are spread over it)?
+t0=$(date +%s%N)
+agent --name calib --disk "$src" --max-rate $rate --json >"$work/calib.ev" 2>&1 ||
+    bail "a clean capture failed"
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+# the data bytes a whole capture sends (non-zero chunks)
+planned=$(job_field "$store" calib bytes-received)
+diag "a clean capture takes ${ms} ms and sends $planned data bytes; window $window bytes"
+
+rand_delay() { awk -v m="$ms" -v s="$RANDOM$1" 'BEGIN {srand(s); printf "%.3f", (0.2 + rand() * 0.6) * m / 1000}'; }
+# server_had EVENTS: the bytes the server said it had at the resume (0: no resume)
+server_had() {
+    python3 - "$1" <<'EOF2'
+import json, sys
+n = 0
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if o.get("event") == "resume":
+        n = max(n, int(o.get("server-has", 0)))
+print(n)
+EOF2
+}
+
+# check NAME EVENTS RESENT: resumed, identical, resent <= window
+check() {
+    local name=$1 ev=$2 resent=$3
+    local had
+    had=$(server_had "$ev")
+    if [ "$had" -gt 0 ]; then
+        ok "$name: resumed (the server had $had bytes of the disk committed)"
+    else
+        not_ok "$name: did not resume (the server had nothing)"
+    fi
+    ok "$name: result identical to the source" same_image "$src" "$store/jobs/$name/disk0.qcow2"
+    if [ "$resent" -le "$window" ]; then
+        ok "$name: sent again after the resume: $resent bytes <= one window ($window)"
+    else
+        not_ok "$name: sent again $resent bytes > one window ($window)"
+    fi
+}
+
+max_resent=0
+note() { [ "$1" -gt "$max_resent" ] && max_resent=$1; }
+
+# 1. SIGKILL the agent, run it again
+for k in $(seq "$points"); do
+    name=ka$k
+    d=$(rand_delay $k)
+    # the program itself in the background (not the agent() function: its subshell
+    # would take the SIGKILL and leave the agent running)
+    "$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
+        --name $name --disk "$src" --max-rate $rate >/dev/null 2>&1 &
+    pid=$!
+    sleep "$d"; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+    agent --name $name --disk "$src" --json >"$work/$name.ev" 2>"$work/$name.err" ||
+        diag "$name: rerun failed: $(tail -2 "$work/$name.err")"
+    # every data byte the server received for this job, over both runs, minus one copy
+    resent=$(( $(job_field "$store" $name bytes-received) - planned ))
+    [ "$resent" -lt 0 ] && resent=0
+    note $resent
+    check $name "$work/$name.ev" $resent
+done
+
+# 2. SIGKILL the server, start it again on the same port; the agent reconnects
+for k in $(seq "$points"); do
+    name=ks$k
+    d=$(rand_delay $((k + 100)))
+    agent --name $name --disk "$src" --max-rate $rate --json >"$work/$name.ev" 2>"$work/$name.err" &
+    pid=$!
+    sleep "$d"; server_kill
+    server_start "$store" "$port" --window ${window_mib}M
+    wait $pid || diag "$name: agent failed: $(tail -2 "$work/$name.err")"
+    # the agent's own count: data bytes sent over all its sessions, minus one copy
+    resent=$(( $(json_field "$work/$name.ev" bytes-sent) - planned ))
+    [ "$resent" -lt 0 ] && resent=0
+    note $resent
+    check $name "$work/$name.ev" $resent
+done
+
+# 3. cut the TCP link through a fault proxy at a random byte count; the agent reconnects
+total_wire=$(json_field "$work/calib.ev" wire-bytes)   # TLS bytes of a whole capture
+for k in $(seq "$points"); do
+    name=kl$k
+    cut=$(awk -v t="$total_wire" -v s="$RANDOM$k" 'BEGIN {srand(s); printf "%d", (0.15 + rand() * 0.7) * t}')
+    rm -f "$work/proxy.port"
+    "$PROXY" --listen 127.0.0.1:0 --to "127.0.0.1:$port" --port-file "$work/proxy.port" \
+        --cut-after "$cut" 2>"$work/proxy-$k.log" &
+    ppid=$!
+    for i in $(seq 50); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
+    "$AGENT" --server "127.0.0.1:$(cat "$work/proxy.port")" --fingerprint "$FP" --token "$TOKEN" \
+        --progress none --name $name --disk "$src" --max-rate $rate --json \
+        >"$work/$name.ev" 2>"$work/$name.err" ||
+        diag "$name: agent failed: $(tail -2 "$work/$name.err")"
+    kill $ppid 2>/dev/null; wait $ppid 2>/dev/null
+    resent=$(( $(json_field "$work/$name.ev" bytes-sent) - planned ))
+    [ "$resent" -lt 0 ] && resent=0
+    note $resent
+    check $name "$work/$name.ev" $resent
+done
+
+diag "largest amount sent again after one interruption: $max_resent bytes (window $window)"
+server_stop; is "$?" 0 "server stops cleanly on SIGTERM"
