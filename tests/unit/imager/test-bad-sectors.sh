@@ -95,7 +95,7 @@ serve_and_mount --filter=ddrescue file "$d/src.img" ddrescue-mapfile="$d/src.map
     skip_all "nbdfuse cannot mount here: $(cat "$d/nbdfuse.log")"
 disk=$d/mnt/disk
 
-plan 12
+plan 16
 
 is "$(stat -c %s "$disk")" "$size" "the FUSE file has the image's size"
 ok "reads outside the bad ranges succeed" cmp -n "$bad1" "$disk" "$d/src.img"
@@ -144,6 +144,20 @@ untouched_fuse=$(chunks "$d/skip.out" | while read -r off len kind zl h; do
 done)
 is "$untouched_fuse" "$untouched_src" \
     "the $(echo "$untouched_src" | wc -l) chunks away from the bad ranges hash as in the source"
+
+# the agent over the same disk (local capture): exit 4 naming the offset; with
+# --skip-bad-sectors a complete image whose bad sectors read as zeros, listed in the report
+agent=$top_builddir/p2v-agent/p2v-agent
+"$agent" --progress none --output "$d/a.qcow2" --disk "$disk" >"$d/agent.out" 2>&1
+is "$?" 4 "p2v-agent: an unreadable sector ends the capture with exit 4"
+ok "p2v-agent names the offset" grep -q "unreadable sector at offset $bad1" "$d/agent.out"
+"$agent" --progress none --skip-bad-sectors --report "$d/report.json" --output "$d/a.qcow2" \
+    --disk "$disk" >"$d/agent.out" 2>&1
+is "$?:$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["bad-sectors"]))' \
+    "$d/report.json" 2>/dev/null)" "0:$nwant" \
+    "p2v-agent --skip-bad-sectors: exit 0, the report lists the $nwant bad sectors"
+ok "its image equals the source with the bad sectors zeroed" \
+    qemu-img compare -q "$d/expect.img" "$d/a.qcow2"
 
 # small chunks, one worker, no retries: the same sectors found
 "$run" --skip-bad-sectors --chunk 64K --threads 1 --retries -1 "$disk" >"$d/small.out" 2>&1
