@@ -21,9 +21,9 @@ store_init "$store"
 port=$(free_port)
 server_start "$store" "$port" --window ${window_mib}M
 src=$work/src.raw
-mkdisk "$src" 128 7 20
+mkdisk "$src" 64 7 20
 window=$((window_mib << 20))
-rate=40M
+rate=12M
 
 # one clean paced run: how long does a capture take (kill points are spread over it)?
 t0=$(date +%s%N)
@@ -34,7 +34,18 @@ ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 planned=$(job_field "$store" calib bytes-received)
 diag "a clean capture takes ${ms} ms and sends $planned data bytes; window $window bytes"
 
-rand_delay() { awk -v m="$ms" -v s="$RANDOM$1" 'BEGIN {srand(s); printf "%.3f", (0.2 + rand() * 0.6) * m / 1000}'; }
+# a random point of a paced capture: once the server has committed something of job $1
+# (job.json, rewritten every second), a further random 0-30 % of a capture's time
+rand_delay() { awk -v m="$ms" -v s="$RANDOM$2" 'BEGIN {srand(s); printf "%.3f", rand() * 0.3 * m / 1000}'; }
+wait_started() {
+    local i
+    for i in $(seq 300); do
+        [ -s "$store/jobs/$1/job.json" ] && [ "$(job_field "$store" "$1" bytes-done 2>/dev/null)" != 0 ] &&
+            [ -n "$(job_field "$store" "$1" bytes-done 2>/dev/null)" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
 # server_had EVENTS: the bytes the server said it had at the resume (0: no resume)
 server_had() {
     python3 - "$1" <<'EOF2'
@@ -75,12 +86,13 @@ note() { [ "$1" -gt "$max_resent" ] && max_resent=$1; }
 # 1. SIGKILL the agent, run it again
 for k in $(seq "$points"); do
     name=ka$k
-    d=$(rand_delay $k)
+    d=$(rand_delay $name $k)
     # the program itself in the background (not the agent() function: its subshell
     # would take the SIGKILL and leave the agent running)
     "$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
         --name $name --disk "$src" --max-rate $rate >/dev/null 2>&1 &
     pid=$!
+    wait_started $name || diag "$name: the server committed nothing within 30 s"
     sleep "$d"; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
     agent --name $name --disk "$src" --json >"$work/$name.ev" 2>"$work/$name.err" ||
         diag "$name: rerun failed: $(tail -2 "$work/$name.err")"
@@ -94,9 +106,10 @@ done
 # 2. SIGKILL the server, start it again on the same port; the agent reconnects
 for k in $(seq "$points"); do
     name=ks$k
-    d=$(rand_delay $((k + 100)))
+    d=$(rand_delay $name $((k + 100)))
     agent --name $name --disk "$src" --max-rate $rate --json >"$work/$name.ev" 2>"$work/$name.err" &
     pid=$!
+    wait_started $name || diag "$name: the server committed nothing within 30 s"
     sleep "$d"; server_kill
     server_start "$store" "$port" --window ${window_mib}M
     wait $pid || diag "$name: agent failed: $(tail -2 "$work/$name.err")"
