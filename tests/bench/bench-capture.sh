@@ -38,14 +38,14 @@ done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f\n", b - a}'; }
 
 # ---- sources (cached)
 mixed=$cache/mixed-4G.raw
 if [[ " $cases " == *" mixed4g "* ]] && [ ! -s "$mixed" ]; then
     python3 "$here/mkmixed.py" $((4 << 30)) "$mixed"
 fi
-ext8=$cache/ext4-8G-10pct.raw
+ext8=$cache/ext4-8G-10pct-v2.raw
 if [[ " $cases " == *" ext8g "* ]] && [ ! -s "$ext8" ]; then
     echo "bench-capture: building $ext8 (once)"
     python3 - "$ext8.tmp" <<'EOF'
@@ -70,7 +70,9 @@ while total < (820 << 20):
     total += n; i += 1
 EOF
     echo 'start=2048, type=83' | sfdisk -q "$ext8.tmp"
-    mke2fs -q -t ext4 -F -d "$cache/ext8-tree" -E offset=$((2048 * 512)) "$ext8.tmp" \
+    # nodiscard: mke2fs would otherwise punch the free space of a file into holes, and
+    # a used disk's free blocks are not holes
+    mke2fs -q -t ext4 -F -d "$cache/ext8-tree" -E offset=$((2048 * 512)),nodiscard "$ext8.tmp" \
         $(( (8 << 20) - 1024 ))k
     rm -rf "$cache/ext8-tree"
     mv "$ext8.tmp" "$ext8"
@@ -81,7 +83,9 @@ agent=$build/p2v-agent/p2v-agent server=$build/p2v-server
 [ -x "$agent" ] && [ -x "$server" ] || { echo "bench-capture: build p2v-agent and p2v-server first"; exit 1; }
 
 # ---- our server
-store=$work/store
+# P2V_BENCH_STORE: where the server's store goes (e.g. a tmpfs, to see the CPU-bound
+# figure without the disk's sync bandwidth); default: beside the sources
+store=${P2V_BENCH_STORE:-$work/store}
 "$server" init --store "$store" --json >"$work/init.json"
 fp=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fingerprint"])' "$work/init.json")
 token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$work/init.json")
