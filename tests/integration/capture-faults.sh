@@ -23,7 +23,7 @@ server_start "$store" "$port" --window ${window_mib}M
 src=$work/src.raw
 mkdisk "$src" 64 7 20
 window=$((window_mib << 20))
-rate=12M
+rate=6M
 
 # one clean paced run: how long does a capture take (kill points are spread over it)?
 t0=$(date +%s%N)
