@@ -169,33 +169,34 @@ static int sess_expect(struct sess *s, uint8_t type, struct p2v_msg *m)
     return 0;
 }
 
+/* Read one frame that must be COMMITTED (sess_read_one takes it). 0 / -1. */
+static int sess_take_committed(struct sess *s)
+{
+    struct p2v_msg m;
+    int r = sess_read_one(s, &m);
+    if (r < 0)
+        return -1;
+    if (r == 0)
+        return sess_set(s, SESS_FAIL, "protocol", "the server sent %s during DATA",
+                        p2v_proto_type_name(m.type));
+    return 0;
+}
+
 /* Take every COMMITTED frame already waiting, without blocking. */
 static int sess_drain(struct sess *s)
 {
-    struct p2v_msg m;
-    while (p2v_conn_readable(s->conn)) {
-        int r = sess_read_one(s, &m);
-        if (r < 0)
+    while (p2v_conn_readable(s->conn))
+        if (sess_take_committed(s) < 0)
             return -1;
-        if (r == 0)
-            return sess_set(s, SESS_FAIL, "protocol", "the server sent %s during DATA",
-                            p2v_proto_type_name(m.type));
-    }
     return 0;
 }
 
 /* Block until @len more non-zero bytes fit in the window. */
 static int sess_window(struct sess *s, uint64_t len)
 {
-    struct p2v_msg m;
-    while (s->sent_nz > s->committed && s->sent_nz - s->committed + len > s->window) {
-        int r = sess_read_one(s, &m);
-        if (r < 0)
+    while (s->sent_nz > s->committed && s->sent_nz - s->committed + len > s->window)
+        if (sess_take_committed(s) < 0)
             return -1;
-        if (r == 0)
-            return sess_set(s, SESS_FAIL, "protocol", "the server sent %s during DATA",
-                            p2v_proto_type_name(m.type));
-    }
     return 0;
 }
 
