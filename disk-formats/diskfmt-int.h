@@ -34,6 +34,13 @@ struct diskfmt_ops {
     int (*flush)(struct diskfmt *d, struct p2v_err *err);
     /* Finish (when writable) and free d->priv. @finish false: abandon, do not finish. */
     int (*close)(struct diskfmt *d, bool finish, struct p2v_err *err);
+    /* Optional (resumable writers, see diskfmt_checkpoint): write what the image needs
+     * to be reopened as it is now, without syncing, and set *mark. The core has checked
+     * that the handle is writable. */
+    int (*checkpoint)(struct diskfmt *d, uint64_t *mark, struct p2v_err *err);
+    /* Optional: reopen @d->path for writing as it was at the checkpoint that returned
+     * @mark (see diskfmt_resume); set what create sets. */
+    int (*resume)(struct diskfmt *d, uint64_t mark, struct p2v_err *err);
     /* Optional: extra "key": value members for info. */
     int (*info)(struct diskfmt *d, struct p2v_json *j, struct p2v_err *err);
     /* Optional: consistency check. */

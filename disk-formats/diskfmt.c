@@ -149,6 +149,43 @@ struct diskfmt *diskfmt_create(const char *path, const char *format,
     return d;
 }
 
+struct diskfmt *diskfmt_resume(const char *path, const char *format, uint64_t mark,
+                               struct p2v_err *err)
+{
+    if (!format && diskfmt_probe(path, &format, err) < 0)
+        return NULL;
+    const struct diskfmt_ops *ops = find_format(format);
+    if (!ops) {
+        p2v_err_set(err, EINVAL, "unknown image format '%s'", format);
+        return NULL;
+    }
+    if (!ops->resume) {
+        p2v_err_set(err, ENOTSUP, "'%s': resuming the writing of %s images is not "
+                    "supported", path, ops->name);
+        return NULL;
+    }
+    /* the handle a create makes: the format's resume sets what its create sets */
+    struct diskfmt *d = handle_new(ops, path, err);
+    if (!d)
+        return NULL;
+    d->writable = true;
+    if (ops->resume(d, mark, err) < 0) {
+        handle_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+int diskfmt_checkpoint(struct diskfmt *d, uint64_t *mark, struct p2v_err *err)
+{
+    if (!d->writable)
+        return p2v_err_set(err, EBADF, "'%s': image is open read-only", d->path);
+    if (!d->ops->checkpoint)
+        return p2v_err_set(err, ENOTSUP, "'%s': %s images cannot be resumed, so they have "
+                           "no checkpoints", d->path, d->ops->name);
+    return d->ops->checkpoint(d, mark, err);
+}
+
 uint64_t diskfmt_size(const struct diskfmt *d) { return d->size; }
 const char *diskfmt_format(const struct diskfmt *d) { return d->ops->name; }
 const char *diskfmt_path(const struct diskfmt *d) { return d->path; }

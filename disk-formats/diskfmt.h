@@ -91,6 +91,23 @@ int diskfmt_close(struct diskfmt *d, struct p2v_err *err);
 /* Free the handle without finishing a writable image (it stays marked incomplete). */
 void diskfmt_abandon(struct diskfmt *d);
 
+/* Resumable writers (raw; qcow2 written without compression). A checkpoint writes what
+ * the image needs to be reopened as it is now — qcow2: the L2 tables and the L1 table —
+ * without syncing (diskfmt_flush syncs), and sets *mark to the point to reopen at
+ * (qcow2: the allocated end of the file; raw: the virtual size). ENOTSUP for other
+ * formats or a compressed qcow2 writer; EIO after an earlier write failed. */
+int diskfmt_checkpoint(struct diskfmt *d, uint64_t *mark, struct p2v_err *err);
+/* Reopen for writing an image that a writer left incomplete (killed or abandoned after
+ * diskfmt_checkpoint returned @mark), as it was at that checkpoint: what was written
+ * after it may be lost (qcow2: the file is cut at @mark and every L1/L2 entry that points
+ * at or past @mark is cleared, so the image reads as zeros there; raw: @mark must be the
+ * file's size, which becomes the virtual size). Only images this library created are
+ * accepted (qcow2: its own layout, dirty bit set). EALREADY when the image is complete
+ * (qcow2: dirty bit clear); ENOTSUP for other formats; EINVAL naming what is wrong
+ * otherwise. The handle is then like one from diskfmt_create. @format NULL probes. */
+struct diskfmt *diskfmt_resume(const char *path, const char *format, uint64_t mark,
+                               struct p2v_err *err);
+
 /* Format details as members of the JSON object being written (the caller opens and
  * closes the object). Always includes "format", "virtual-size", "actual-size". */
 int diskfmt_info(struct diskfmt *d, struct p2v_json *j, struct p2v_err *err);

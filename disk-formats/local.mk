@@ -12,6 +12,15 @@ libdiskfmt_la_SOURCES = \
 libdiskfmt_la_CFLAGS = $(AM_CFLAGS) $(ZLIB_CFLAGS) $(ZSTD_CFLAGS) $(VHDI_CFLAGS)
 libdiskfmt_la_LIBADD = libp2vcommon.la $(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
 
+# The resumable writers (diskfmt_checkpoint / diskfmt_resume: raw and qcow2).
+check_PROGRAMS += tests/unit/disk-formats/test-resume
+tests_unit_disk_formats_test_resume_SOURCES = tests/unit/disk-formats/test-resume.c \
+	tests/unit/disk-formats/dftest.h
+tests_unit_disk_formats_test_resume_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_disk_formats_test_resume_LDADD = libdiskfmt.la libp2vcommon.la \
+	$(ZLIB_LIBS) $(ZSTD_LIBS) $(VHDI_LIBS)
+TESTS += tests/unit/disk-formats/test-resume
+
 include disk-formats/qcow2.mk
 include disk-formats/vmdk.mk
 include disk-formats/vhd.mk

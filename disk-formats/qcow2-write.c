@@ -16,6 +16,12 @@
  * dies leaves an image whose refcounts disagree with its tables, which qemu-img check
  * reports and our reader refuses.
  *
+ * Resuming (random writes only): a checkpoint writes the L2 tables and the L1 table, so
+ * that the tables on disk describe every cluster below the end, which it returns as the
+ * mark. A writer killed later is resumed at the mark: the file is cut there and every
+ * entry pointing at or past it cleared, which leaves the clusters below it used once
+ * each, as the refcounts at close assume (see qcow2_resume).
+ *
  * Random writes (no compression): whole clusters of a request that need new storage are
  * allocated contiguously and written with one pwrite from the caller's buffer; partial
  * clusters are read-modify-written; all-zero clusters become zero clusters (the L2 zero
@@ -32,6 +38,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -726,6 +734,31 @@ int qcow2_w_flush(struct diskfmt *d, struct p2v_err *err)
     return 0;
 }
 
+/* A checkpoint is a flush without the fdatasync. Every cluster below the end is then
+ * referenced exactly once by the tables written (a data cluster's L2 entry is set, and a
+ * table's L1 entry written, before the next allocation; a failed write sets w->failed),
+ * which is what qcow2_resume relies on. The sequential writer has none: it packs
+ * compressed data at byte granularity and holds clusters in flight, so its end is no
+ * point to cut the file at. */
+int qcow2_w_checkpoint(struct diskfmt *d, uint64_t *mark, struct p2v_err *err)
+{
+    struct qcow2 *q = d->priv;
+    struct qcow2_writer *w = q->w;
+    if (!w)
+        return p2v_err_set(err, EBADF, "'%s': image is open read-only", q->path);
+    if (w->seq)
+        return p2v_err_set(err, ENOTSUP, "'%s': a compressed qcow2 image is written in "
+                           "order and cannot be resumed, so it has no checkpoints", q->path);
+    if (w->failed)
+        return p2v_err_set(err, EIO, "'%s': an earlier write failed; the image is "
+                           "incomplete", q->path);
+    if (qcow2_l2_flush_all(q, err) < 0 ||
+        qcow2_table_write(q, q->l1, q->h.l1_size, q->h.l1_table_offset, err) < 0)
+        return -1;
+    *mark = w->end;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ refcounts at close */
 
 /* The refcount blocks are produced in order, one in memory at a time: every cluster
@@ -992,6 +1025,18 @@ static int start_threads(struct qcow2 *q, struct p2v_err *err)
     return 0;
 }
 
+/* The writer's own state (create and resume). */
+static int writer_new(struct qcow2 *q, enum diskfmt_compress compress, struct p2v_err *err)
+{
+    struct qcow2_writer *w = q->w = calloc(1, sizeof *q->w);
+    if (!w || !(w->tmp = malloc(q->cs)))
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    w->cs = q->cs;
+    w->compress = compress;
+    w->seq = compress != DISKFMT_COMPRESS_NONE;
+    return 0;
+}
+
 int qcow2_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
                  struct p2v_err *err)
 {
@@ -1049,14 +1094,9 @@ int qcow2_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
     q->l.refcount_bits = 1u << QCOW2_REFCOUNT_ORDER;
     if (qcow2_alloc_state(q, err) < 0)
         goto out;
-    struct qcow2_writer *w = q->w = calloc(1, sizeof *q->w);
-    if (!w || !(w->tmp = malloc(cs))) {
-        p2v_err_set(err, ENOMEM, "out of memory");
+    if (writer_new(q, opts->compress, err) < 0)
         goto out;
-    }
-    w->cs = (uint32_t)cs;
-    w->compress = opts->compress;
-    w->seq = opts->compress != DISKFMT_COMPRESS_NONE;
+    struct qcow2_writer *w = q->w;
     q->fd = open(d->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (q->fd < 0) {
         p2v_err_errno(err, "cannot create '%s'", d->path);
@@ -1104,6 +1144,328 @@ int qcow2_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
     ret = 0;
 out:
     free(head);
+    qcow2_free(q);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ resume */
+
+/* Resume refuses what it did not write: another writer's layout may put anything below
+ * the mark, and the refcounts close computes would then be wrong. */
+__attribute__((format(printf, 3, 4))) static int not_ours(const char *path, struct p2v_err *err,
+                                                          const char *fmt, ...)
+{
+    char why[P2V_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    return p2v_err_set(err, EINVAL, "'%s' is not an incomplete image written by p2vkit (%s)",
+                       path, why);
+}
+
+/* The message of @e without the "'path': " the parsers start theirs with. */
+static const char *msg_of(const struct p2v_err *e, const char *path)
+{
+    size_t n = strlen(path);
+    if (e->msg[0] == '\'' && strncmp(e->msg + 1, path, n) == 0 &&
+        strncmp(e->msg + 1 + n, "': ", 3) == 0)
+        return e->msg + n + 4;
+    return e->msg;
+}
+
+/* Read and check the header: the layout qcow2_create writes and nothing else (version 3,
+ * its header length without extensions, 16-bit refcounts, the refcount table in cluster
+ * 1, the L1 table from cluster 3 sized for the virtual size, no snapshots, no features
+ * but the dirty bit, which must be set). */
+static int resume_header(struct qcow2 *q, uint64_t fsize, struct p2v_err *err)
+{
+    const char *path = q->path;
+    struct qcow2_header *h = &q->h;
+    struct p2v_err e = {0};
+    size_t hlen = (size_t)P2V_MIN(fsize, (uint64_t)4096);
+    uint8_t *head = malloc(4096);
+    int ret = -1;
+    if (!head)
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    if (qcow2_read_exact(q, head, hlen, 0, err) < 0)
+        goto out;
+    /* the header cluster: its first bytes say how large it is */
+    if (hlen >= 24) {
+        uint32_t cb = p2v_get_u32be(head + 20);
+        if (cb > 12 && cb <= QCOW2_CLUSTER_BITS_MAX) {
+            size_t want = (size_t)P2V_MIN(fsize, (uint64_t)1 << cb);
+            uint8_t *p = realloc(head, want);
+            if (!p) {
+                p2v_err_set(err, ENOMEM, "out of memory");
+                goto out;
+            }
+            head = p;
+            if (qcow2_read_exact(q, head + hlen, want - hlen, hlen, err) < 0)
+                goto out;
+            hlen = want;
+        }
+    }
+    if (qcow2_header_parse(head, hlen, path, h, &e) < 0) {
+        not_ours(path, err, "%s", msg_of(&e, path));
+        goto out;
+    }
+    if (h->version != 3) {
+        not_ours(path, err, "qcow2 version %u, not 3", h->version);
+        goto out;
+    }
+    if (h->header_length != QCOW2_V3_HEADER_LEN || hlen < QCOW2_ENCODED_HEADER_LEN ||
+        !p2v_is_zero(head + QCOW2_V3_HEADER_LEN, 8)) {
+        not_ours(path, err, "header_length %u or header extensions at offset %u",
+                 h->header_length, QCOW2_V3_HEADER_LEN);
+        goto out;
+    }
+    if (h->refcount_order != QCOW2_REFCOUNT_ORDER || h->nb_snapshots ||
+        h->snapshots_offset || h->compatible || h->autoclear ||
+        (h->incompatible & ~QCOW2_INCOMPAT_DIRTY)) {
+        not_ours(path, err, "refcount_order %u, %u snapshots, features 0x%llx/0x%llx/0x%llx",
+                 h->refcount_order, h->nb_snapshots, (unsigned long long)h->incompatible,
+                 (unsigned long long)h->compatible, (unsigned long long)h->autoclear);
+        goto out;
+    }
+    if (!(h->incompatible & QCOW2_INCOMPAT_DIRTY)) {
+        p2v_err_set(err, EALREADY, "'%s' is complete (its dirty bit is clear): there is "
+                    "nothing to resume", path);
+        goto out;
+    }
+    uint64_t cs = UINT64_C(1) << h->cluster_bits;
+    if (h->refcount_table_offset != cs || h->refcount_table_clusters != 1 ||
+        h->l1_table_offset != 3 * cs || h->size % QCOW2_SECTOR) {
+        not_ours(path, err, "refcount table at offset %llu (%u clusters), L1 table at offset "
+                 "%llu, virtual size %llu", (unsigned long long)h->refcount_table_offset,
+                 h->refcount_table_clusters, (unsigned long long)h->l1_table_offset,
+                 (unsigned long long)h->size);
+        goto out;
+    }
+    if (qcow2_layout_check(h, fsize, path, &q->l, &e) < 0) {
+        not_ours(path, err, "%s", msg_of(&e, path));
+        goto out;
+    }
+    if (h->l1_size != q->l.l1_needed) {
+        not_ours(path, err, "an L1 table of %u entries for %llu needed", h->l1_size,
+                 (unsigned long long)q->l.l1_needed);
+        goto out;
+    }
+    ret = 0;
+out:
+    free(head);
+    return ret;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* What resume does to an L1 entry. */
+enum { FIX_NONE, FIX_L2, FIX_L1 };
+
+/* Check the L1 table and every L2 table below @mark, reading only, so that an image
+ * refused is left as it was: the L1 table into q->l1 with the entries of tables at or
+ * past @mark cleared (fix[i] FIX_L1), and fix[i] FIX_L2 for tables below @mark holding
+ * entries at or past it. Below @mark every table and data cluster must lie past the
+ * metadata (@meta_end), aligned, and no data cluster on a table; compressed clusters are
+ * refused (this writer resumes only what it wrote uncompressed). */
+static int resume_scan(struct qcow2 *q, uint64_t mark, uint64_t meta_end, uint8_t *fix,
+                       struct p2v_err *err)
+{
+    uint64_t n = q->h.l1_size, cs = q->cs;
+    uint64_t *tables = malloc((size_t)(n ? n : 1) * sizeof *tables);
+    uint8_t *raw = malloc((size_t)(q->l.l1_bytes ? q->l.l1_bytes : 1));
+    size_t nt = 0;
+    int ret = -1;
+    if (!tables || !raw) {
+        p2v_err_set(err, ENOMEM, "out of memory");
+        goto out;
+    }
+    if (qcow2_read_exact(q, raw, (size_t)q->l.l1_bytes, q->h.l1_table_offset, err) < 0)
+        goto out;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t e = p2v_get_u64be(raw + 8 * i), l2 = e & QCOW2_OFFSET_MASK;
+        uint64_t at = q->h.l1_table_offset + 8 * i;
+        const char *what = NULL;
+        if (e & QCOW2_L1_RESERVED)
+            what = "has reserved bits set";
+        else if (l2 % cs)
+            what = "points to an offset not aligned to the cluster size";
+        else if (l2 && l2 < meta_end)
+            what = "points into the metadata";
+        if (what) {
+            p2v_err_set(err, EINVAL, "'%s': L1 entry %llu (offset %llu) %s (0x%016llx)",
+                        q->path, (unsigned long long)i, (unsigned long long)at, what,
+                        (unsigned long long)e);
+            goto out;
+        }
+        if (l2 >= mark) {
+            /* a table allocated after the checkpoint: its entry went to disk at once */
+            q->l1[i] = 0;
+            fix[i] = FIX_L1;
+            continue;
+        }
+        q->l1[i] = e;
+        if (l2)
+            tables[nt++] = l2;
+    }
+    qsort(tables, nt, sizeof *tables, u64_cmp);
+    for (size_t k = 1; k < nt; k++)
+        if (tables[k] == tables[k - 1]) {
+            p2v_err_set(err, EINVAL, "'%s': two L1 entries share the L2 table at offset %llu",
+                        q->path, (unsigned long long)tables[k]);
+            goto out;
+        }
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if (qcow2_read_exact(q, q->tbuf, q->cs, l2, err) < 0) {
+            p2v_err_prefix(err, "L2 table of L1 entry %llu", (unsigned long long)i);
+            goto out;
+        }
+        for (uint32_t j = 0; j < q->l.l2_entries; j++) {
+            uint64_t e = p2v_get_u64be(q->tbuf + 8 * (size_t)j);
+            struct qcow2_centry c;
+            const char *why = NULL;
+            if (qcow2_l2_decode(e, q->cb, 3, &c, &why) == 0) {
+                if (c.type == QCOW2_COMPRESSED)
+                    why = "is compressed";
+                else if (c.off >= mark)
+                    fix[i] = FIX_L2; /* data allocated after the checkpoint */
+                else if (c.off && c.off < meta_end)
+                    why = "points into the metadata";
+                else if (c.off && bsearch(&c.off, tables, nt, sizeof *tables, u64_cmp))
+                    why = "points at an L2 table";
+            }
+            if (why) {
+                p2v_err_set(err, EINVAL, "'%s': L2 entry %u of L1 entry %llu (table at "
+                            "offset %llu) %s (0x%016llx)", q->path, j, (unsigned long long)i,
+                            (unsigned long long)l2, why, (unsigned long long)e);
+                goto out;
+            }
+        }
+    }
+    ret = 0;
+out:
+    free(tables);
+    free(raw);
+    return ret;
+}
+
+/* Cut the file at @mark and clear what points at or past it (as resume_scan found). */
+static int resume_cut(struct qcow2 *q, uint64_t mark, const uint8_t *fix,
+                      struct p2v_err *err)
+{
+    bool l1_changed = false;
+    if (ftruncate(q->fd, (off_t)mark) < 0)
+        return p2v_err_errno(err, "cannot cut '%s' at %llu", q->path,
+                             (unsigned long long)mark);
+    for (uint64_t i = 0; i < q->h.l1_size; i++) {
+        if (fix[i] == FIX_L1)
+            l1_changed = true;
+        if (fix[i] != FIX_L2)
+            continue;
+        uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK;
+        if (qcow2_read_exact(q, q->tbuf, q->cs, l2, err) < 0)
+            return -1;
+        for (uint32_t j = 0; j < q->l.l2_entries; j++) {
+            uint8_t *p = q->tbuf + 8 * (size_t)j;
+            /* checked by resume_scan: a standard entry, its host offset aligned; a zero
+             * flag without a host cluster stays */
+            if ((p2v_get_u64be(p) & QCOW2_OFFSET_MASK) >= mark)
+                p2v_put_u64be(p, 0);
+        }
+        if (qcow2_write_exact(q, q->tbuf, q->cs, l2, err) < 0)
+            return -1;
+    }
+    if (l1_changed &&
+        qcow2_table_write(q, q->l1, q->h.l1_size, q->h.l1_table_offset, err) < 0)
+        return -1;
+    return 0;
+}
+
+/* Reopen an image this writer left dirty, as it was when qcow2_w_checkpoint returned
+ * @mark. The tables on disk then are the checkpoint's, changed since only by what the
+ * writer did after it: L1 entries written for new tables (at or past the mark), L2
+ * tables written back on eviction, whose entries below the mark still name the clusters
+ * the checkpoint's did (an allocated guest cluster keeps its host cluster: overwrites and
+ * zeroing happen in place) and whose other entries point at or past the mark, and data
+ * overwritten in place. Cutting the file at the mark and clearing every entry that
+ * points at or past it leaves every cluster below the mark referenced exactly once, as
+ * at the checkpoint: the state close computes the refcounts from. Resuming again at the
+ * same mark after a failure half-way gives the same result. */
+int qcow2_resume(struct diskfmt *d, uint64_t mark, struct p2v_err *err)
+{
+    struct qcow2 *q = calloc(1, sizeof *q);
+    uint8_t *fix = NULL;
+    int ret = -1;
+    if (!q)
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    q->path = d->path;
+    q->fd = open(d->path, O_RDWR | O_CLOEXEC);
+    if (q->fd < 0) {
+        p2v_err_errno(err, "cannot open '%s'", d->path);
+        goto out;
+    }
+    struct stat st;
+    if (fstat(q->fd, &st) < 0) {
+        p2v_err_errno(err, "cannot stat '%s'", d->path);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        /* the cut needs ftruncate */
+        p2v_err_set(err, EINVAL, "'%s' is not a regular file: only qcow2 files can be "
+                    "resumed", d->path);
+        goto out;
+    }
+    uint64_t fsize = (uint64_t)st.st_size;
+    if (resume_header(q, fsize, err) < 0)
+        goto out;
+    q->cb = q->h.cluster_bits;
+    q->cs = q->l.cluster_size;
+    uint64_t cs = q->cs;
+    uint64_t meta_end = q->h.l1_table_offset + (q->l.l1_bytes + cs - 1) / cs * cs;
+    if (mark % cs || mark < meta_end || mark > fsize) {
+        p2v_err_set(err, EINVAL, "'%s': cannot resume at %llu: the mark must be a multiple "
+                    "of the cluster size (%llu) from the end of the metadata (%llu) to the "
+                    "size of the file (%llu bytes)", d->path, (unsigned long long)mark,
+                    (unsigned long long)cs, (unsigned long long)meta_end,
+                    (unsigned long long)fsize);
+        goto out;
+    }
+    if (qcow2_alloc_state(q, err) < 0)
+        goto out;
+    fix = calloc(q->h.l1_size ? q->h.l1_size : 1, 1);
+    if (!fix) {
+        p2v_err_set(err, ENOMEM, "out of memory");
+        goto out;
+    }
+    if (resume_scan(q, mark, meta_end, fix, err) < 0 || resume_cut(q, mark, fix, err) < 0)
+        goto out;
+    /* the writer as create leaves it, its end at the mark */
+    if (writer_new(q, DISKFMT_COMPRESS_NONE, err) < 0)
+        goto out;
+    q->w->end = q->w->obuf_off = q->w->wb_start = mark;
+    q->file_size = mark;
+    /* no table left (a mark at the end of the metadata): one now, as create makes one,
+     * so that qemu-img check keeps reporting the image if this writer dies too */
+    bool any = false;
+    for (uint64_t i = 0; i < q->h.l1_size && !any; i++)
+        any = (q->l1[i] & QCOW2_OFFSET_MASK) != 0;
+    struct qcow2_l2slot *s;
+    if (!any && q->h.l1_size && qcow2_l2_get(q, 0, true, &s, err) < 0)
+        goto out;
+    d->size = q->h.size;
+    d->block_size = q->cs;
+    d->priv = q;
+    q = NULL;
+    ret = 0;
+out:
+    free(fix);
     qcow2_free(q);
     return ret;
 }

@@ -6,7 +6,8 @@
  * message: encryption, backing files, external data files, extended L2 entries, unknown
  * incompatible features, and a dirty image (a writer died) unless DISKFMT_ALLOW_DIRTY.
  * Writes version 3 images (qcow2-write.c); checks them like qemu-img check
- * (qcow2-check.c). Existing images are opened read-only: we convert, never patch.
+ * (qcow2-check.c). Existing images are opened read-only: we convert, never patch (the
+ * one exception: an image our writer left incomplete is resumed, see qcow2-write.c).
  *
  * Untrusted bytes are parsed by qcow2-parse.c; this file does the I/O and checks every
  * offset before using it: the L1 table once at open (every L2 table aligned, inside the
@@ -704,4 +705,6 @@ const struct diskfmt_ops diskfmt_qcow2_ops = {
     .close = qcow2_close,
     .info = qcow2_info,
     .check = qcow2_check,
+    .checkpoint = qcow2_w_checkpoint,
+    .resume = qcow2_resume,
 };

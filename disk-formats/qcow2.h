@@ -236,7 +236,7 @@ struct qcow2 {
     void *zin;                 /* z_stream, allocated on first use */
     void *zd;                  /* ZSTD_DCtx, allocated on first use */
 
-    struct qcow2_writer *w;    /* NULL unless creating */
+    struct qcow2_writer *w;    /* NULL unless writing (created or resumed) */
 };
 
 /* qcow2.c: the L2 table cache shared by reader and writer. The table of L1 entry @l1i;
@@ -266,6 +266,11 @@ int qcow2_w_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t off,
                    struct p2v_err *err);
 int qcow2_w_zero(struct diskfmt *d, uint64_t off, uint64_t len, struct p2v_err *err);
 int qcow2_w_flush(struct diskfmt *d, struct p2v_err *err);
+/* Flush without the fdatasync; *mark the end (random writes only: ENOTSUP else). */
+int qcow2_w_checkpoint(struct diskfmt *d, uint64_t *mark, struct p2v_err *err);
+/* Reopen for writing an image of ours left dirty, as it was at the checkpoint that
+ * returned @mark (the file cut at @mark, entries pointing at or past it cleared). */
+int qcow2_resume(struct diskfmt *d, uint64_t mark, struct p2v_err *err);
 /* Finish (@finish) or abandon the image being written; frees the writer. */
 int qcow2_w_close(struct qcow2 *q, bool finish, struct p2v_err *err);
 /* Make everything written so far visible to readers of the handle (compressed writes

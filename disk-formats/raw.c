@@ -91,6 +91,37 @@ static int raw_create(struct diskfmt *d, const struct diskfmt_create_opts *opts,
     return 0;
 }
 
+/* A raw image holds nothing but its data: a checkpoint has no tables to write, and the
+ * point to reopen at is the virtual size, which resume checks against the file. */
+static int raw_checkpoint(struct diskfmt *d, uint64_t *mark, struct p2v_err *err)
+{
+    *mark = d->size;
+    return 0;
+}
+
+static int raw_resume(struct diskfmt *d, uint64_t mark, struct p2v_err *err)
+{
+    /* no O_TRUNC: what the writer wrote before it stopped is the image */
+    int fd = open(d->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return p2v_err_errno(err, "cannot open '%s'", d->path);
+    if (raw_setup(d, fd, err) < 0) {
+        close(fd);
+        return -1;
+    }
+    if (d->size != mark) {
+        /* another size than the checkpoint's: another file, or one cut or grown since */
+        p2v_err_set(err, EINVAL, "'%s': cannot resume at %llu: the image is %llu bytes, "
+                    "and a raw image is resumed at its size", d->path,
+                    (unsigned long long)mark, (unsigned long long)d->size);
+        close(fd);
+        free(d->priv);
+        d->priv = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 static int raw_pread(struct diskfmt *d, void *buf, size_t len, uint64_t off,
                      struct p2v_err *err)
 {
@@ -197,4 +228,6 @@ const struct diskfmt_ops diskfmt_raw_ops = {
     .flush = raw_flush,
     .close = raw_close,
     .check = raw_check,
+    .checkpoint = raw_checkpoint,
+    .resume = raw_resume,
 };
