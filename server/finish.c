@@ -1,12 +1,14 @@
-/* finish.c: the end of a capture — each disk's sparse staging file becomes its final
- * image (qcow2, VMDK or raw) through libdiskfmt.
+/* finish.c: the end of a capture — each disk's in-progress image becomes its final image.
  *
- * Only the staging file's data runs are read (SEEK_DATA / SEEK_HOLE), in chunks of 4 MiB,
- * and blocks that are all zeros are not written, so the work follows the data, not the
- * disk's size. Each image is written under a temporary name in the job folder and renamed
- * into place once complete; the staging files and journals are removed only after every
- * rename and after job.json says "received", so a server that dies on the way redoes the
- * whole step at the next DONE.
+ * qcow2 and raw were written in their final format while receiving: closing the image
+ * (qcow2: refcounts, fdatasync, the dirty bit cleared; raw: fdatasync) and renaming it is
+ * all that is left. Other formats (VMDK) are converted from the raw in-progress image
+ * through libdiskfmt: only its data runs are read (SEEK_DATA / SEEK_HOLE), in chunks of
+ * 4 MiB, and blocks that are all zeros are not written, so the work follows the data, not
+ * the disk's size; the image is written under a temporary name and renamed once complete.
+ * The journals (and in-progress images) are removed only after every rename and after
+ * job.json says "received", so a server that dies on the way redoes the step at the next
+ * DONE (a closed but not yet renamed image is recognised and only renamed).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -24,7 +26,7 @@
 
 #define FINISH_CHUNK (4u << 20)
 
-/* Copy the data runs of @fd (a staging file of @size bytes) into @df. */
+/* Copy the data runs of @fd (a raw in-progress image of @size bytes) into @df. */
 static int copy_runs(int fd, uint64_t size, struct diskfmt *df, uint8_t *buf,
                      const atomic_bool *stop, const char *part, struct p2v_err *err)
 {
@@ -101,13 +103,47 @@ int srv_job_remove_staging(struct srv_job *job)
     return fsync(job->dirfd);
 }
 
+/* Convert the raw in-progress image @part of disk @i into @tmp (format job->format). */
+static int convert(struct srv_store *st, struct srv_job *job, unsigned i, const char *part,
+                   const char *tmp, uint8_t *buf, const atomic_bool *stop, struct p2v_err *err)
+{
+    struct srv_disk *d = &job->disks[i];
+    char path[PATH_MAX];
+    int r = -1;
+    if ((size_t)snprintf(path, sizeof path, "%s/jobs/%s/%s", st->path, job->id, tmp) >=
+        sizeof path)
+        return p2v_err_set(err, ENAMETOOLONG, "job '%s': path too long", job->id);
+    if (unlinkat(job->dirfd, tmp, 0) < 0 && errno != ENOENT)
+        return p2v_err_errno(err, "job '%s': cannot remove '%s'", job->id, tmp);
+    int fd = openat(job->dirfd, part, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return p2v_err_errno(err, "job '%s': cannot open '%s'", job->id, part);
+    struct diskfmt_create_opts opts = {.size = d->size};
+    struct diskfmt *df = diskfmt_create(path, job->format, &opts, err);
+    if (!df)
+        goto out;
+    if (copy_runs(fd, d->size, df, buf, stop, part, err) < 0) {
+        diskfmt_abandon(df);
+        goto out;
+    }
+    if (diskfmt_close(df, err) < 0)
+        goto out;
+    r = 0;
+out:
+    close(fd);
+    if (r < 0)
+        unlinkat(job->dirfd, tmp, 0);
+    return r;
+}
+
 int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
                    struct p2v_err *err)
 {
-    uint8_t *buf = malloc(FINISH_CHUNK);
-    char tmp[64], final[64] = "job.json", path[PATH_MAX];
+    uint8_t *buf = NULL;
+    char tmp[64], final[64] = "job.json";
     int r = -1;
-    if (!buf)
+    bool same = strcmp(srv_part_format(job), job->format) == 0;
+    if (!same && !(buf = malloc(FINISH_CHUNK)))
         return p2v_err_set(err, ENOMEM, "out of memory");
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
         struct srv_disk *d = &job->disks[i];
@@ -115,42 +151,45 @@ int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool 
             continue;
         char part[32];
         snprintf(part, sizeof part, "disk%u.part", i);
-        if (d->part_fd < 0) {
+        snprintf(final, sizeof final, "disk%u.%s", i, job->format);
+        if (!d->img && !d->img_done) {
             p2v_err_set(err, EINVAL, "job '%s': '%s' is not open", job->id, part);
             goto out;
         }
-        snprintf(final, sizeof final, "disk%u.%s", i, job->format);
-        snprintf(tmp, sizeof tmp, ".disk%u.%s.tmp", i, job->format);
-        if ((size_t)snprintf(path, sizeof path, "%s/jobs/%s/%s", st->path, job->id, tmp) >=
-            sizeof path) {
-            p2v_err_set(err, ENAMETOOLONG, "job '%s': path too long", job->id);
-            goto out;
+        if (same) {
+            /* written in its final format: finish it, then it is renamed */
+            if (d->img) {
+                struct diskfmt *img = d->img;
+                d->img = NULL;
+                if (diskfmt_close(img, err) < 0) {
+                    p2v_err_prefix(err, "job '%s'", job->id);
+                    goto out;
+                }
+                d->img_done = true;
+            }
+            snprintf(tmp, sizeof tmp, "%s", part);
+        } else {
+            snprintf(tmp, sizeof tmp, ".disk%u.%s.tmp", i, job->format);
+            if (d->img && diskfmt_checkpoint(d->img, &(uint64_t){0}, err) < 0)
+                goto out;
+            if (convert(st, job, i, part, tmp, buf, stop, err) < 0)
+                goto out;
         }
-        if (unlinkat(job->dirfd, tmp, 0) < 0 && errno != ENOENT) {
-            p2v_err_errno(err, "job '%s': cannot remove '%s'", job->id, tmp);
-            goto out;
-        }
-        struct diskfmt_create_opts opts = {.size = d->size};
-        struct diskfmt *df = diskfmt_create(path, job->format, &opts, err);
-        if (!df)
-            goto out;
-        if (copy_runs(d->part_fd, d->size, df, buf, stop, part, err) < 0) {
-            diskfmt_abandon(df);
-            unlinkat(job->dirfd, tmp, 0);
-            goto out;
-        }
-        if (diskfmt_close(df, err) < 0) {
-            unlinkat(job->dirfd, tmp, 0);
-            goto out;
+        struct stat sb;
+        if (same && fstatat(job->dirfd, tmp, &sb, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT &&
+            fstatat(job->dirfd, final, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+            /* renamed already, before a stop (srv_disk_open found it so) */
+            srv_job_log(job, "disk %u: '%s' was written before the server stopped", i, final);
+            continue;
         }
         if (fchmodat(job->dirfd, tmp, 0600, 0) < 0) {
             p2v_err_errno(err, "job '%s': cannot set the mode of '%s'", job->id, tmp);
-            unlinkat(job->dirfd, tmp, 0);
             goto out;
         }
         if (renameat(job->dirfd, tmp, job->dirfd, final) < 0) {
             p2v_err_errno(err, "job '%s': cannot rename '%s' to '%s'", job->id, tmp, final);
-            unlinkat(job->dirfd, tmp, 0);
+            if (!same)
+                unlinkat(job->dirfd, tmp, 0);
             goto out;
         }
         srv_job_log(job, "disk %u: wrote '%s' (%llu bytes committed)", i, final,

@@ -1,5 +1,6 @@
 /* journal.c: committed-range sets and the per-disk journal (diskN.journal), the durable
- * record of which chunks of a staging file hold verified data. The format is described in
+ * record of which chunks of an in-progress image hold verified data, and up to which
+ * checkpoint of the image. The format is described in
  * server.h; the codecs are pure functions over 64-byte blocks so that they can be tested
  * and fuzzed apart from the file I/O.
  */
@@ -180,8 +181,18 @@ int jrnl_decode_rec(const uint8_t in[JRNL_REC_LEN], uint64_t disk_size, struct j
     memcpy(x.hash, in + 16, P2V_PROTO_HASH_LEN);
     x.session = p2v_get_u64le(in + 48);
     x.hash_algo = in[56];
-    if (x.flags & ~JRNL_REC_ZERO)
+    if (x.flags & ~(JRNL_REC_ZERO | JRNL_REC_MARK | JRNL_REC_DURABLE))
         return p2v_err_set(err, EINVAL, "record has unknown flags 0x%02x", x.flags);
+    if (x.flags & JRNL_REC_MARK) {
+        static const uint8_t zeros[P2V_PROTO_HASH_LEN - JRNL_BOOT_LEN];
+        if ((x.flags & JRNL_REC_ZERO) || x.len != 0 || x.off > INT64_MAX ||
+            memcmp(x.hash + JRNL_BOOT_LEN, zeros, sizeof zeros) != 0)
+            return p2v_err_set(err, EINVAL, "mark record is invalid");
+        *r = x;
+        return 0;
+    }
+    if (x.flags & JRNL_REC_DURABLE)
+        return p2v_err_set(err, EINVAL, "a chunk record has the DURABLE flag");
     if (x.len == 0 || x.len > P2V_PROTO_CHUNK_MAX || x.len % 512 || x.off % 512 ||
         !p2v_range_ok(x.off, x.len, disk_size))
         return p2v_err_set(err, EINVAL, "record range %llu+%u is invalid",
@@ -222,7 +233,115 @@ int jrnl_create(int dirfd, const char *name, uint64_t disk_size, uint32_t sector
 
 #define JRNL_READ_RECS 1024 /* records per read at open */
 
-int jrnl_open(int dirfd, const char *name, struct jrnl *j, struct p2v_err *err)
+void jrnl_boot_id(uint8_t out[JRNL_BOOT_LEN])
+{
+    char text[64];
+    memset(out, 0, JRNL_BOOT_LEN);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    text[n] = '\0';
+    /* 36 characters: hex digits and dashes */
+    uint8_t v[JRNL_BOOT_LEN];
+    size_t k = 0;
+    for (const char *p = text; *p && *p != '\n' && k < 2 * JRNL_BOOT_LEN; p++) {
+        int d;
+        if (*p == '-')
+            continue;
+        if (*p >= '0' && *p <= '9')
+            d = *p - '0';
+        else if (*p >= 'a' && *p <= 'f')
+            d = *p - 'a' + 10;
+        else
+            return;
+        if (k % 2 == 0)
+            v[k / 2] = (uint8_t)(d << 4);
+        else
+            v[k / 2] |= (uint8_t)d;
+        k++;
+    }
+    if (k == 2 * JRNL_BOOT_LEN)
+        memcpy(out, v, JRNL_BOOT_LEN);
+}
+
+static bool mark_counts(const struct jrnl_rec *m, const uint8_t boot[JRNL_BOOT_LEN])
+{
+    static const uint8_t none[JRNL_BOOT_LEN];
+    if (m->flags & JRNL_REC_DURABLE)
+        return true;
+    return memcmp(boot, none, JRNL_BOOT_LEN) != 0 &&
+           memcmp(m->hash, boot, JRNL_BOOT_LEN) == 0;
+}
+
+/* Read the good records of @x from the header on, up to @limit (file offset), calling
+ * @fn on each. Sets *good_end to the offset after the last good record read. */
+static int scan(struct jrnl *x, const char *name, uint8_t *buf, uint64_t limit,
+                int (*fn)(struct jrnl *x, const struct jrnl_rec *r, uint64_t next, void *arg),
+                void *arg, uint64_t *good_end, struct p2v_err *err)
+{
+    uint64_t pos = JRNL_HDR_LEN;
+    bool bad = false;
+    while (!bad && pos < limit) {
+        size_t want = (size_t)P2V_MIN((uint64_t)JRNL_READ_RECS * JRNL_REC_LEN, limit - pos);
+        ssize_t got = p2v_pread_full(x->fd, buf, want, pos);
+        if (got < 0)
+            return p2v_err_errno(err, "cannot read '%s' at offset %llu", name,
+                                 (unsigned long long)pos);
+        if (got == 0)
+            break;
+        size_t nrec = (size_t)got / JRNL_REC_LEN;
+        for (size_t i = 0; i < nrec; i++) {
+            struct jrnl_rec rec;
+            if (jrnl_decode_rec(buf + i * JRNL_REC_LEN, x->disk_size, &rec, NULL) < 0) {
+                bad = true;
+                break;
+            }
+            pos += JRNL_REC_LEN;
+            if (fn(x, &rec, pos, arg) < 0)
+                return p2v_err_set(err, ENOMEM, "out of memory reading '%s'", name);
+        }
+        if ((size_t)got % JRNL_REC_LEN)
+            break; /* a torn record at the end */
+    }
+    *good_end = pos;
+    return 0;
+}
+
+struct find_mark {
+    const uint8_t *boot;
+    uint64_t end;    /* offset after the last mark that counts (header length: none) */
+    uint64_t mark;
+    bool found;
+};
+
+static int on_find(struct jrnl *x, const struct jrnl_rec *r, uint64_t next, void *arg)
+{
+    struct find_mark *f = arg;
+    (void)x;
+    if ((r->flags & JRNL_REC_MARK) && mark_counts(r, f->boot)) {
+        f->end = next;
+        f->mark = r->off;
+        f->found = true;
+    }
+    return 0;
+}
+
+static int on_fold(struct jrnl *x, const struct jrnl_rec *r, uint64_t next, void *arg)
+{
+    (void)next;
+    (void)arg;
+    x->records++;
+    if (r->flags & JRNL_REC_MARK)
+        return 0;
+    return srv_ranges_add(&x->committed, r->off, r->len);
+}
+
+int jrnl_open(int dirfd, const char *name, const uint8_t boot[JRNL_BOOT_LEN], struct jrnl *j,
+              struct p2v_err *err)
 {
     uint8_t hdr[JRNL_HDR_LEN];
     uint8_t *buf = NULL;
@@ -258,38 +377,18 @@ int jrnl_open(int dirfd, const char *name, struct jrnl *j, struct p2v_err *err)
         p2v_err_set(err, ENOMEM, "out of memory reading '%s'", name);
         goto out;
     }
-    uint64_t pos = JRNL_HDR_LEN;
-    uint64_t file_size = (uint64_t)sb.st_size;
-    bool bad = false;
-    while (!bad && pos < file_size) {
-        got = p2v_pread_full(x.fd, buf, (size_t)JRNL_READ_RECS * JRNL_REC_LEN, pos);
-        if (got < 0) {
-            p2v_err_errno(err, "cannot read '%s' at offset %llu", name,
-                          (unsigned long long)pos);
-            goto out;
-        }
-        if (got == 0)
-            break;
-        size_t nrec = (size_t)got / JRNL_REC_LEN;
-        for (size_t i = 0; i < nrec; i++) {
-            struct jrnl_rec rec;
-            if (jrnl_decode_rec(buf + i * JRNL_REC_LEN, x.disk_size, &rec, NULL) < 0) {
-                bad = true;
-                break;
-            }
-            if (srv_ranges_add(&x.committed, rec.off, rec.len) < 0) {
-                p2v_err_set(err, ENOMEM, "out of memory reading '%s'", name);
-                goto out;
-            }
-            x.records++;
-            pos += JRNL_REC_LEN;
-        }
-        if ((size_t)got % JRNL_REC_LEN)
-            break; /* a torn record at the end */
-    }
+    /* two passes: find the last mark that counts, then fold the records before it */
+    uint64_t file_size = (uint64_t)sb.st_size, good_end, pos;
+    struct find_mark f = {.boot = boot, .end = JRNL_HDR_LEN};
+    if (scan(&x, name, buf, file_size, on_find, &f, &good_end, err) < 0 ||
+        scan(&x, name, buf, f.end, on_fold, NULL, &pos, err) < 0)
+        goto out;
+    x.marked = f.found;
+    x.mark = f.mark;
     if (pos < file_size) {
-        /* drop the torn or corrupt tail so that appends follow the last good record */
+        /* drop the tail so that appends follow the last mark that counts */
         x.dropped = (file_size - pos + JRNL_REC_LEN - 1) / JRNL_REC_LEN;
+        x.lost = (good_end - pos) / JRNL_REC_LEN;
         if (ftruncate(x.fd, (off_t)pos) < 0 || fdatasync(x.fd) < 0) {
             p2v_err_errno(err, "cannot truncate '%s' to its last good record", name);
             goto out;
@@ -332,6 +431,11 @@ int jrnl_append(struct jrnl *j, const struct jrnl_rec *recs, size_t n, struct p2
     j->end += bytes;
     j->records += n;
     for (size_t i = 0; i < n; i++) {
+        if (recs[i].flags & JRNL_REC_MARK) {
+            j->marked = true;
+            j->mark = recs[i].off;
+            continue;
+        }
         if (srv_ranges_add(&j->committed, recs[i].off, recs[i].len) < 0) {
             p2v_err_set(err, ENOMEM, "out of memory");
             goto out;
@@ -387,6 +491,8 @@ int jrnl_match(struct jrnl *j, struct jrnl_hash_entry *e, size_t n, uint8_t hash
                                (unsigned long long)(pos + k * JRNL_REC_LEN));
                 goto out;
             }
+            if (rec.flags & JRNL_REC_MARK)
+                continue;
             uint64_t rend = rec.off + rec.len;
             /* first entry that ends after rec.off (entries are sorted, disjoint) */
             size_t lo = 0, hi = n;

@@ -16,6 +16,8 @@
 #include "p2v-common.h"
 #include "p2v-proto.h"
 
+struct diskfmt; /* diskfmt.h */
+
 /* ---------------------------------------------------------------- ranges */
 
 /* A set of byte ranges kept sorted and merged (adjacent or overlapping ranges become one),
@@ -38,32 +40,46 @@ void srv_ranges_free(struct srv_ranges *r);
 
 /* diskN.journal: a 64-byte header then 64-byte records, little-endian:
  *
- *   header  0 magic "P2VJRNL1"   8 u32 version (1)   12 u32 sector size
+ *   header  0 magic "P2VJRNL1"   8 u32 version (2)   12 u32 sector size
  *          16 u64 disk size     24 u8 hash algo of the first session   25..59 zero
  *          60 u32 CRC-32 (zlib) of bytes 0..59
- *   record  0 u64 off   8 u32 len   12 u8 flags (JRNL_REC_ZERO)   13..15 zero
+ *   record  0 u64 off   8 u32 len   12 u8 flags   13..15 zero
  *          16 hash[32] (zeros for a ZERO record)   48 u64 session number
  *          56 u8 hash algo of this record's hash   57..59 zero
  *          60 u32 CRC-32 of bytes 0..59
+ *   mark    a record with flags MARK (| DURABLE): off = the image's checkpoint mark
+ *          (diskfmt_checkpoint), len 0, hash[0..15] = the boot id of the machine that
+ *          wrote it (/proc/sys/kernel/random/boot_id), the rest of hash zero
  *
- * A record is appended (and fdatasync'd) only after the staging data it describes has
- * been fdatasync'd, so a record always describes durable data. The committed ranges are
- * the union of the records. At open, the first record that is short, fails its CRC or
- * names a range outside the disk ends the journal: it and everything after it are
- * dropped (the file is truncated there), so a torn append costs only its own records.
+ * A commit writes the chunks into the in-progress image (diskN.part), takes a checkpoint
+ * of the image, then appends the chunks' records followed by a mark, in one write that
+ * is fdatasync'd. The image itself is not synced at each commit: a server that was
+ * killed finds it whole in the page cache. Only a restart of the machine can lose it,
+ * so a mark counts at open only when it was written since this boot, or when it is
+ * DURABLE (the image was fdatasync'd before it was written, done every
+ * SRV_DURABLE_INTERVAL seconds and at the end). The committed ranges are the records
+ * before the last mark that counts; everything after it is dropped (the file is cut
+ * there) and the image is reopened at that mark. A record that is short, fails its CRC or
+ * names a range outside the disk ends the journal in the same way, so a torn append
+ * costs only its own records.
  */
 #define JRNL_MAGIC "P2VJRNL1"
-#define JRNL_VERSION 1
+#define JRNL_VERSION 2
 #define JRNL_HDR_LEN 64
 #define JRNL_REC_LEN 64
 #define JRNL_REC_ZERO 0x01
+#define JRNL_REC_MARK 0x02
+#define JRNL_REC_DURABLE 0x04 /* only with MARK */
+#define JRNL_BOOT_LEN 16
+/* Seconds between durable checkpoints of an image being received. */
+#define SRV_DURABLE_INTERVAL 30.0
 
 struct jrnl_rec {
-    uint64_t off;
-    uint32_t len;
-    uint8_t flags;     /* JRNL_REC_ZERO */
+    uint64_t off;      /* MARK: the image's mark */
+    uint32_t len;      /* MARK: 0 */
+    uint8_t flags;     /* JRNL_REC_* */
     uint8_t hash_algo; /* enum p2v_hash_algo */
-    uint8_t hash[P2V_PROTO_HASH_LEN];
+    uint8_t hash[P2V_PROTO_HASH_LEN]; /* MARK: the boot id, then zeros */
     uint64_t session;
 };
 
@@ -72,11 +88,18 @@ struct jrnl {
     uint64_t disk_size;
     uint32_t sector_size;
     uint8_t hash_algo;
-    uint64_t records;     /* valid records */
+    uint64_t records;     /* valid records (marks included) */
     uint64_t end;         /* file offset after the last valid record */
     uint64_t dropped;     /* records dropped from the tail at open */
+    uint64_t lost;        /* of those, good records after the last mark that counts */
+    bool marked;          /* a mark counts: the image reopens at `mark` */
+    uint64_t mark;
     struct srv_ranges committed;
 };
+
+/* This machine's boot id (16 bytes); all zeros when it cannot be read, which no mark
+ * matches (only DURABLE marks then count). */
+void jrnl_boot_id(uint8_t out[JRNL_BOOT_LEN]);
 
 /* Pure codecs (fuzzable): encode into 64 bytes; decode checks the CRC and the fields. */
 void jrnl_encode_header(uint8_t out[JRNL_HDR_LEN], uint64_t disk_size, uint32_t sector_size,
@@ -91,10 +114,13 @@ int jrnl_decode_rec(const uint8_t in[JRNL_REC_LEN], uint64_t disk_size, struct j
 /* Create (truncating) @name in @dirfd with a header, synced. 0 / -1. */
 int jrnl_create(int dirfd, const char *name, uint64_t disk_size, uint32_t sector_size,
                 uint8_t hash_algo, struct jrnl *j, struct p2v_err *err);
-/* Open an existing journal: check the header, read the records, drop a bad tail. */
-int jrnl_open(int dirfd, const char *name, struct jrnl *j, struct p2v_err *err);
-/* Append @n records and fdatasync. On failure the file is cut back to where it was and
- * nothing is added to j->committed; err->code is the errno (ENOSPC, EDQUOT, ...). */
+/* Open an existing journal: check the header, read the records, keep those before the
+ * last mark that counts on the machine whose boot id is @boot, drop the rest. */
+int jrnl_open(int dirfd, const char *name, const uint8_t boot[JRNL_BOOT_LEN], struct jrnl *j,
+              struct p2v_err *err);
+/* Append @n records (marks among them) and fdatasync. On failure the file is cut back to
+ * where it was and nothing is added to j->committed; err->code is the errno (ENOSPC,
+ * EDQUOT, ...). */
 int jrnl_append(struct jrnl *j, const struct jrnl_rec *recs, size_t n, struct p2v_err *err);
 void jrnl_close(struct jrnl *j);
 
@@ -170,8 +196,10 @@ struct srv_disk {
     bool all_blocks;
     bool complete;          /* DISK_END received (in this or an earlier session) */
     uint64_t committed;     /* committed bytes (the journal's, kept after the job is done) */
-    int part_fd;            /* staging file, -1 when not open */
-    bool dirty;             /* written since its last fdatasync */
+    struct diskfmt *img;    /* the in-progress image diskN.part, NULL when not open */
+    bool img_done;          /* diskN.part is complete, only its rename is left */
+    bool dirty;             /* written since its last checkpoint */
+    double durable_at;      /* when its image was last synced (p2v_now) */
     struct jrnl jr;         /* jr.fd -1 when not open */
 };
 
@@ -214,10 +242,21 @@ int srv_job_save(struct srv_job *job, struct p2v_err *err);
 /* Append one timestamped line to the job's job.log (best effort). */
 void srv_job_log(struct srv_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Disk files of a job. Open (or create) the staging file and journal of a known disk,
- * checking them against the disk's size; a missing or unusable journal resets the disk
- * (nothing committed). 0 / -1. */
+/* Disk files of a job: the in-progress image diskN.part — the final format when that is
+ * qcow2 or raw, else raw (converted at the end) — and the journal. Open (or create) them
+ * for a known disk: the image is reopened at the journal's last mark that counts; a
+ * missing or unusable journal or image resets the disk (nothing committed). 0 / -1. */
 int srv_disk_open(struct srv_job *job, unsigned index, uint8_t hash_algo, struct p2v_err *err);
+/* The format of the in-progress images: "qcow2" or "raw". */
+const char *srv_part_format(const struct srv_job *job);
+/* Write verified chunk data (@zero: make the range read as zeros) into the image. */
+int srv_disk_write(struct srv_job *job, unsigned index, const void *data, uint32_t len,
+                   uint64_t off, bool zero, struct p2v_err *err);
+/* Commit: checkpoint the image (@durable: and fdatasync it), then append @recs and a mark
+ * to the journal. On failure nothing is committed and the image must be reopened
+ * (srv_job_close_files, srv_disk_open) before more is written. */
+int srv_disk_commit(struct srv_job *job, unsigned index, const struct jrnl_rec *recs,
+                    size_t n, bool durable, uint64_t session, struct p2v_err *err);
 void srv_job_close_files(struct srv_job *job);
 void srv_job_free(struct srv_job *job);
 
@@ -276,13 +315,15 @@ void srv_job_release(struct srv_store *st, struct srv_job *job);
 /* Load a job folder's job.json by id (status, tests). NULL when missing / unreadable. */
 struct srv_job *srv_job_load(struct srv_store *st, const char *id, struct p2v_err *err);
 
-/* Write the final images of a received job from its staging files (see finish.c).
+/* Write the final images of a received job from its in-progress images (see finish.c).
  * @stop is polled between blocks: when it turns true the function fails with ECANCELED.
- * On success the staging files and journals are removed and the state is "received". */
+ * On success the journals (and leftover images) are removed and the state is
+ * "received". */
 int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
                    struct p2v_err *err);
 
-/* Close and remove a job's staging files and journals (after its images are written). */
+/* Close and remove a job's in-progress images and journals (after its images are
+ * written). */
 int srv_job_remove_staging(struct srv_job *job);
 
 /* ---------------------------------------------------------------- server */

@@ -7,11 +7,13 @@
  * violation ends the session with an ERROR frame naming what was wrong; it touches
  * nothing outside the job's folder and no other session.
  *
- * Durability (step 6): verified DATA goes into the sparse staging file at once; it becomes
- * "committed" when the staging file has been fdatasync'd and the chunk's record has been
- * appended to the disk's journal and fdatasync'd — then COMMITTED tells the agent. A
- * commit happens when half the journal window is pending, after a second with anything
- * pending, at DISK_END, DONE and HASHES, and when the session ends cleanly.
+ * Durability (step 6): verified DATA goes into the disk's in-progress image at once; it
+ * becomes "committed" when the image has been checkpointed and the chunk's record and
+ * the checkpoint's mark have been appended to the disk's journal and fdatasync'd — then
+ * COMMITTED tells the agent (server.h, the journal, says why the image itself is synced
+ * only every SRV_DURABLE_INTERVAL seconds). A commit happens when half the journal window
+ * is pending, after a second with anything pending, at DISK_END, DONE and HASHES, and
+ * when the session ends cleanly.
  *
  * Memory per session is bounded: one frame body (<= P2V_PROTO_BODY_MAX), one 1 MiB
  * decompression buffer, and at most SESS_PEND_MAX pending journal records.
@@ -162,16 +164,7 @@ static int sess_commit(struct srv_session *s, bool notify)
     char name[32];
     if (!job || s->npend == 0)
         return 0;
-    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
-        struct srv_disk *d = &job->disks[i];
-        if (!d->dirty)
-            continue;
-        if (fdatasync(d->part_fd) < 0) {
-            snprintf(name, sizeof name, "disk%u.part", i);
-            return sess_io_error(s, errno, name, "sync");
-        }
-        d->dirty = false;
-    }
+    double now = p2v_now();
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
         size_t n = 0;
         for (size_t k = 0; k < s->npend; k++)
@@ -180,11 +173,18 @@ static int sess_commit(struct srv_session *s, bool notify)
         if (n == 0)
             continue;
         struct srv_disk *d = &job->disks[i];
-        if (jrnl_append(&d->jr, s->recs, n, &err) < 0) {
+        if (d->durable_at == 0)
+            d->durable_at = now;
+        bool durable = now - d->durable_at >= SRV_DURABLE_INTERVAL;
+        if (srv_disk_commit(job, i, s->recs, n, durable, job->sessions, &err) < 0) {
+            /* the image may hold writes no checkpoint covers: reopen it at its last mark
+             * (what was pending is sent again after the agent reconnects) */
+            srv_job_close_files(job);
             snprintf(name, sizeof name, "disk%u.journal", i);
-            return sess_io_error(s, err.code, name, "append to");
+            return sess_io_error(s, err.code, name, "commit to");
         }
-        d->committed = srv_ranges_bytes(&d->jr.committed);
+        if (durable)
+            d->durable_at = now;
     }
     s->c_frames += s->npend;
     s->c_bytes += s->pend_bytes;
@@ -266,7 +266,7 @@ static int on_hello(struct srv_session *s, const struct p2v_msg *m)
             if (srv_disk_open(job, i, s->hash_algo, &err) < 0) {
                 char f[32];
                 snprintf(f, sizeof f, "disk%u", i);
-                return sess_io_error(s, err.code, f, "open the staging files of");
+                return sess_io_error(s, err.code, f, "open the disk files of");
             }
         }
     }
@@ -416,25 +416,10 @@ static int on_data(struct srv_session *s, const struct p2v_msg *m)
 
     /* verified: now write */
     snprintf(name, sizeof name, "disk%u.part", i);
-    if (zero) {
-        if (fallocate(d->part_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                      (off_t)len) < 0) {
-            if (errno != EOPNOTSUPP)
-                return sess_io_error(s, errno, name, "punch a hole in");
-            /* no hole punching here: write the zeros */
-            memset(s->zbuf, 0, len);
-            if (p2v_pwrite_full(d->part_fd, s->zbuf, len, off) < 0)
-                return sess_io_error(s, errno, name, "write");
-        }
-    } else if (p2v_pwrite_full(d->part_fd, data, len, off) < 0) {
-        return sess_io_error(s, errno, name, "write");
-    } else {
-        /* start the write-back now, so that the commit's fdatasync finds little left to
-         * do and the session does not stall on it (best effort: no error is possible
-         * here that the fdatasync would not report) */
-        (void)sync_file_range(d->part_fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    if (srv_disk_write(job, i, data, len, off, zero, &err) < 0) {
+        srv_job_close_files(job);
+        return sess_io_error(s, err.code, name, "write");
     }
-    d->dirty = true;
 
     struct sess_pend *p = &s->pend[s->npend++];
     memset(p, 0, sizeof *p);

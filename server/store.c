@@ -1,7 +1,7 @@
 /* store.c: the server's store on disk — its identity files, the lock that keeps one
  * server per store, server.log, and the jobs under STORE/jobs/: machine-name rules, how a
  * job is found or made for (name, source id), job.json (written atomically, read back
- * with the JSON reader) and each disk's staging file and journal.
+ * with the JSON reader) and each disk's in-progress image and journal.
  *
  * A job folder's name is built only from a validated machine name and a number; every
  * file of a job is opened relative to the job folder's descriptor with O_NOFOLLOW, so
@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "diskfmt.h"
 #include "server.h"
 
 /* ---------------------------------------------------------------- names */
@@ -588,7 +589,7 @@ int srv_job_from_json(const char *text, size_t len, struct srv_job *job, struct 
     memset(&x, 0, sizeof x);
     x.dirfd = -1;
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
-        x.disks[i].part_fd = -1;
+        x.disks[i].img = NULL;
         x.disks[i].jr.fd = -1;
     }
 #define BAD(...)                                                                          \
@@ -700,7 +701,7 @@ static struct srv_job *job_alloc(void)
         return NULL;
     job->dirfd = -1;
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
-        job->disks[i].part_fd = -1;
+        job->disks[i].img = NULL;
         job->disks[i].jr.fd = -1;
     }
     return job;
@@ -905,30 +906,57 @@ void srv_job_release(struct srv_store *st, struct srv_job *job)
 
 /* ---------------------------------------------------------------- disk files */
 
+const char *srv_part_format(const struct srv_job *job)
+{
+    return strcmp(job->format, "qcow2") == 0 ? "qcow2" : "raw";
+}
+
+/* The path of @name in the job's folder, for libdiskfmt (which opens by path). */
+static int job_path(const struct srv_job *job, const char *name, char *out, size_t cap,
+                    struct p2v_err *err)
+{
+    int n = job->store ? snprintf(out, cap, "%s/jobs/%s/%s", job->store->path, job->id, name)
+                       : snprintf(out, cap, "/proc/self/fd/%d/%s", job->dirfd, name);
+    if (n < 0 || (size_t)n >= cap)
+        return p2v_err_set(err, ENAMETOOLONG, "job '%s': path of '%s' too long", job->id, name);
+    return 0;
+}
+
+static void disk_close(struct srv_disk *d)
+{
+    jrnl_close(&d->jr);
+    diskfmt_abandon(d->img);
+    d->img = NULL;
+    d->img_done = false;
+    d->dirty = false;
+}
+
 static int disk_reset(struct srv_job *job, unsigned i, uint8_t hash_algo, struct p2v_err *err)
 {
     struct srv_disk *d = &job->disks[i];
-    char part[32], jname[32];
+    char part[32], jname[32], path[PATH_MAX];
     snprintf(part, sizeof part, "disk%u.part", i);
     snprintf(jname, sizeof jname, "disk%u.journal", i);
-    jrnl_close(&d->jr);
-    if (d->part_fd >= 0)
-        close(d->part_fd);
-    d->part_fd = -1;
+    disk_close(d);
     d->committed = 0;
     d->complete = false;
-    /* the journal goes first: records must never describe a staging file that was
-     * truncated under them */
+    /* the journal goes first: records must never describe an image that was recreated
+     * under them */
     if (unlinkat(job->dirfd, jname, 0) < 0 && errno != ENOENT)
         return p2v_err_errno(err, "cannot remove '%s'", jname);
     if (fsync(job->dirfd) < 0)
         return p2v_err_errno(err, "cannot sync the job folder");
-    d->part_fd = openat(job->dirfd, part,
-                        O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (d->part_fd < 0)
-        return p2v_err_errno(err, "cannot create '%s'", part);
-    if (ftruncate(d->part_fd, (off_t)d->size) < 0 || fsync(d->part_fd) < 0)
-        return p2v_err_errno(err, "cannot size '%s'", part);
+    /* a fresh file (never one that a link planted there would redirect) */
+    if (unlinkat(job->dirfd, part, 0) < 0 && errno != ENOENT)
+        return p2v_err_errno(err, "cannot remove '%s'", part);
+    if (job_path(job, part, path, sizeof path, err) < 0)
+        return -1;
+    struct diskfmt_create_opts opts = {.size = d->size};
+    d->img = diskfmt_create(path, srv_part_format(job), &opts, err);
+    if (!d->img)
+        return -1;
+    if (fchmodat(job->dirfd, part, 0600, 0) < 0)
+        return p2v_err_errno(err, "cannot set the mode of '%s'", part);
     if (jrnl_create(job->dirfd, jname, d->size, d->sector_size, hash_algo, &d->jr, err) < 0)
         return -1;
     if (fsync(job->dirfd) < 0)
@@ -939,50 +967,119 @@ static int disk_reset(struct srv_job *job, unsigned i, uint8_t hash_algo, struct
 int srv_disk_open(struct srv_job *job, unsigned i, uint8_t hash_algo, struct p2v_err *err)
 {
     struct srv_disk *d = &job->disks[i];
-    char part[32], jname[32];
+    char part[32], jname[32], path[PATH_MAX];
+    uint8_t boot[JRNL_BOOT_LEN];
     struct p2v_err e = {0};
     struct stat sb;
     snprintf(part, sizeof part, "disk%u.part", i);
     snprintf(jname, sizeof jname, "disk%u.journal", i);
-    if (d->jr.fd >= 0 && d->part_fd >= 0)
+    if (d->jr.fd >= 0 && (d->img || d->img_done))
         return 0;
+    disk_close(d);
 
-    if (jrnl_open(job->dirfd, jname, &d->jr, &e) < 0) {
+    jrnl_boot_id(boot);
+    if (jrnl_open(job->dirfd, jname, boot, &d->jr, &e) < 0) {
         if (e.code != ENOENT)
             srv_job_log(job, "disk %u: journal unusable (%s): starting the disk again", i,
                         e.msg);
         return disk_reset(job, i, hash_algo, err);
     }
-    if (d->jr.dropped)
+    if (d->jr.dropped > d->jr.lost)
         srv_job_log(job, "disk %u: dropped %llu torn or corrupt journal record(s)", i,
-                    (unsigned long long)d->jr.dropped);
+                    (unsigned long long)(d->jr.dropped - d->jr.lost));
+    if (d->jr.lost)
+        srv_job_log(job, "disk %u: %llu journal record(s) after the last checkpoint that "
+                    "holds (the machine restarted since) are sent again", i,
+                    (unsigned long long)d->jr.lost);
     if (d->jr.disk_size != d->size) {
         srv_job_log(job, "disk %u: journal is for %llu bytes, job.json says %llu: "
                     "starting the disk again", i, (unsigned long long)d->jr.disk_size,
                     (unsigned long long)d->size);
         return disk_reset(job, i, hash_algo, err);
     }
-    d->part_fd = openat(job->dirfd, part, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-    if (d->part_fd < 0 || fstat(d->part_fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-        srv_job_log(job, "disk %u: staging file missing or unusable: starting the disk again",
-                    i);
+    if (!d->jr.marked) {
+        /* nothing committed that still holds */
         return disk_reset(job, i, hash_algo, err);
     }
-    if ((uint64_t)sb.st_size != d->size && ftruncate(d->part_fd, (off_t)d->size) < 0)
-        return p2v_err_errno(err, "cannot size '%s'", part);
+    char final[32];
+    snprintf(final, sizeof final, "disk%u.%s", i, job->format);
+    if (d->complete && strcmp(srv_part_format(job), job->format) == 0 &&
+        fstatat(job->dirfd, part, &sb, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT &&
+        fstatat(job->dirfd, final, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode)) {
+        /* finished and renamed when the server stopped before job.json said so */
+        d->img_done = true;
+        d->committed = srv_ranges_bytes(&d->jr.committed);
+        return 0;
+    }
+    if (fstatat(job->dirfd, part, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(sb.st_mode) ||
+        job_path(job, part, path, sizeof path, &e) < 0) {
+        srv_job_log(job, "disk %u: image '%s' missing or unusable: starting the disk again",
+                    i, part);
+        return disk_reset(job, i, hash_algo, err);
+    }
+    d->img = diskfmt_resume(path, srv_part_format(job), d->jr.mark, &e);
+    if (!d->img && e.code == EALREADY && d->complete) {
+        /* finished but not yet renamed when the server stopped: finish renames it */
+        d->img_done = true;
+    } else if (!d->img || diskfmt_size(d->img) < d->size) {
+        srv_job_log(job, "disk %u: cannot reopen '%s' at its checkpoint (%s): starting the "
+                    "disk again", i, part, d->img ? "smaller than the disk" : e.msg);
+        return disk_reset(job, i, hash_algo, err);
+    }
     d->committed = srv_ranges_bytes(&d->jr.committed);
     return 0;
 }
 
+int srv_disk_write(struct srv_job *job, unsigned i, const void *data, uint32_t len,
+                   uint64_t off, bool zero, struct p2v_err *err)
+{
+    struct srv_disk *d = &job->disks[i];
+    if (!d->img)
+        return p2v_err_set(err, EBADF, "disk %u: its image is not open for writing", i);
+    int r = zero ? diskfmt_zero(d->img, off, len, err)
+                 : diskfmt_pwrite(d->img, data, len, off, err);
+    if (r < 0)
+        return -1;
+    d->dirty = true;
+    return 0;
+}
+
+int srv_disk_commit(struct srv_job *job, unsigned i, const struct jrnl_rec *recs, size_t n,
+                    bool durable, uint64_t session, struct p2v_err *err)
+{
+    struct srv_disk *d = &job->disks[i];
+    struct jrnl_rec *v = malloc((n + 1) * sizeof *v);
+    uint64_t mark;
+    int r = -1;
+    if (!v)
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    if (!d->img) {
+        p2v_err_set(err, EBADF, "disk %u: its image is not open for writing", i);
+        goto out;
+    }
+    /* the image first: the records and the mark must never run ahead of it */
+    if (diskfmt_checkpoint(d->img, &mark, err) < 0 || (durable && diskfmt_flush(d->img, err) < 0))
+        goto out;
+    memcpy(v, recs, n * sizeof *v);
+    memset(&v[n], 0, sizeof v[n]);
+    v[n].off = mark;
+    v[n].flags = JRNL_REC_MARK | (durable ? JRNL_REC_DURABLE : 0);
+    jrnl_boot_id(v[n].hash);
+    v[n].session = session;
+    if (jrnl_append(&d->jr, v, n + 1, err) < 0)
+        goto out;
+    d->dirty = false;
+    d->committed = srv_ranges_bytes(&d->jr.committed);
+    r = 0;
+out:
+    free(v);
+    return r;
+}
+
 void srv_job_close_files(struct srv_job *job)
 {
-    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
-        struct srv_disk *d = &job->disks[i];
-        jrnl_close(&d->jr);
-        if (d->part_fd >= 0)
-            close(d->part_fd);
-        d->part_fd = -1;
-    }
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++)
+        disk_close(&job->disks[i]);
 }
 
 void srv_job_free(struct srv_job *job)

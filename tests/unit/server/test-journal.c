@@ -1,7 +1,8 @@
 /* test-journal: p2v-server's committed-range sets and per-disk journal — range merging
  * against a bitmap model, the 64-byte codecs and their CRCs, append and reopen, a torn
- * tail and a corrupt record dropped at open, a failed append leaving nothing behind, and
- * the re-sync comparison (HASHES) against the journal's records.
+ * tail and a corrupt record dropped at open, a failed append leaving nothing behind,
+ * marks (records count only before the last mark written since this boot or durable),
+ * and the re-sync comparison (HASHES) against the journal's records.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +16,31 @@
 
 static char dir[] = "/tmp/p2v-test-journal.XXXXXX";
 static int dirfd_;
+static const uint8_t boot_a[JRNL_BOOT_LEN] = {0xa1, 0xa2, 0xa3, 0xa4, 5, 6, 7, 8,
+                                              9, 10, 11, 12, 13, 14, 15, 16};
+static const uint8_t boot_b[JRNL_BOOT_LEN] = {0xb1, 0xb2, 0xb3, 0xb4, 5, 6, 7, 8,
+                                              9, 10, 11, 12, 13, 14, 15, 16};
+
+static struct jrnl_rec mark_rec(uint64_t mark, const uint8_t boot[JRNL_BOOT_LEN], bool durable)
+{
+    struct jrnl_rec m;
+    memset(&m, 0, sizeof m);
+    m.off = mark;
+    m.flags = JRNL_REC_MARK | (durable ? JRNL_REC_DURABLE : 0);
+    memcpy(m.hash, boot, JRNL_BOOT_LEN);
+    m.session = 7;
+    return m;
+}
+
+/* append @n records then a mark of boot A (one commit) */
+static int commit(struct jrnl *j, const struct jrnl_rec *recs, size_t n, uint64_t mark)
+{
+    struct jrnl_rec v[8];
+    struct p2v_err err = {0};
+    memcpy(v, recs, n * sizeof *v);
+    v[n] = mark_rec(mark, boot_a, false);
+    return jrnl_append(j, v, n + 1, &err);
+}
 
 static off_t file_size(const char *name)
 {
@@ -124,6 +150,26 @@ static void test_codecs(void)
     make_rec(&r, 100, 512, 0, true); /* unaligned offset */
     jrnl_encode_rec(b, &r);
     ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) < 0, "unaligned record refused");
+
+    /* marks: any offset (an image's end), no length, the boot id, nothing else */
+    r = mark_rec(UINT64_C(5) << 40, boot_a, true);
+    jrnl_encode_rec(b, &r);
+    ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) == 0 && memcmp(&r, &r2, sizeof r) == 0,
+       "mark round trip (its offset may pass the disk's size)");
+    r.len = 512;
+    jrnl_encode_rec(b, &r);
+    ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) < 0, "a mark with a length refused");
+    r = mark_rec(4096, boot_a, false);
+    r.hash[20] = 1;
+    jrnl_encode_rec(b, &r);
+    ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) < 0, "a mark with bytes past the boot id refused");
+    make_rec(&r, 4096, 512, 1, false);
+    r.flags |= JRNL_REC_DURABLE;
+    jrnl_encode_rec(b, &r);
+    ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) < 0, "DURABLE on a chunk record refused");
+    r.flags = 0x40;
+    jrnl_encode_rec(b, &r);
+    ok(jrnl_decode_rec(b, 1 << 20, &r2, &err) < 0, "unknown flags refused");
 }
 
 /* ---------------------------------------------------------------- files */
@@ -142,14 +188,15 @@ static void test_files(void)
     make_rec(&recs[1], 1 << 20, 1 << 20, 0, true);
     make_rec(&recs[2], 3u << 20, 1 << 20, 3, false);
     make_rec(&recs[3], 4u << 20, 4096, 4, false);
-    ok(jrnl_append(&j, recs, 2, &err) == 0 && jrnl_append(&j, recs + 2, 2, &err) == 0,
-       "append four records in two commits");
+    ok(commit(&j, recs, 2, 100) == 0 && commit(&j, recs + 2, 2, 200) == 0,
+       "append four records in two commits, each with its mark");
+    ok(j.marked && j.mark == 200, "the last mark is the journal's");
     is_int(j.committed.n, 2, "committed ranges merged: [0,2M) and [3M,4M+4K)");
     is_int(srv_ranges_bytes(&j.committed), (3u << 20) + 4096, "committed bytes");
     jrnl_close(&j);
 
-    ok(jrnl_open(dirfd_, "d0.journal", &j, &err) == 0, "reopen");
-    ok(j.records == 4 && j.dropped == 0 && j.disk_size == size &&
+    ok(jrnl_open(dirfd_, "d0.journal", boot_a, &j, &err) == 0, "reopen");
+    ok(j.records == 6 && j.dropped == 0 && j.disk_size == size && j.marked && j.mark == 200 &&
            srv_ranges_bytes(&j.committed) == (3u << 20) + 4096,
        "reopened journal has the four records");
     jrnl_close(&j);
@@ -159,25 +206,29 @@ static void test_files(void)
     uint8_t half[30] = {1, 2, 3};
     ok(write(fd, half, sizeof half) == (ssize_t)sizeof half, "tear the tail");
     close(fd);
-    ok(jrnl_open(dirfd_, "d0.journal", &j, &err) == 0 && j.records == 4 && j.dropped == 1,
+    ok(jrnl_open(dirfd_, "d0.journal", boot_a, &j, &err) == 0 && j.records == 6 &&
+           j.dropped == 1 && j.lost == 0,
        "torn tail dropped at open");
-    is_int(file_size("d0.journal"), JRNL_HDR_LEN + 4 * JRNL_REC_LEN,
+    is_int(file_size("d0.journal"), JRNL_HDR_LEN + 6 * JRNL_REC_LEN,
            "file cut back to its last good record");
     struct jrnl_rec more;
     make_rec(&more, 6u << 20, 512, 6, false);
-    ok(jrnl_append(&j, &more, 1, &err) == 0, "append after the cut");
+    ok(commit(&j, &more, 1, 300) == 0, "append after the cut");
     jrnl_close(&j);
-    ok(jrnl_open(dirfd_, "d0.journal", &j, &err) == 0 && j.records == 5 && j.dropped == 0,
+    ok(jrnl_open(dirfd_, "d0.journal", boot_a, &j, &err) == 0 && j.records == 8 &&
+           j.dropped == 0 && j.mark == 300,
        "the appended record follows the good ones");
     jrnl_close(&j);
 
-    /* a corrupt record in the middle: it and everything after it go */
+    /* a corrupt record in the middle: it and everything after it go, and the records
+     * before it count only up to the last mark before it */
     fd = openat(dirfd_, "d0.journal", O_RDWR);
     uint8_t x = 0xff;
-    ok(pwrite(fd, &x, 1, JRNL_HDR_LEN + 2 * JRNL_REC_LEN + 20) == 1, "corrupt record 3");
+    ok(pwrite(fd, &x, 1, JRNL_HDR_LEN + 4 * JRNL_REC_LEN + 20) == 1, "corrupt record 5");
     close(fd);
-    ok(jrnl_open(dirfd_, "d0.journal", &j, &err) == 0 && j.records == 2 && j.dropped == 3,
-       "bad CRC: records from the bad one on dropped");
+    ok(jrnl_open(dirfd_, "d0.journal", boot_a, &j, &err) == 0 && j.records == 3 &&
+           j.dropped == 5 && j.lost == 1 && j.mark == 100,
+       "bad CRC: records from the bad one on dropped, and the one after the last mark");
     is_int(srv_ranges_bytes(&j.committed), 2u << 20, "only the first two records count");
 
     /* a failed append (read-only descriptor): nothing is added */
@@ -195,13 +246,80 @@ static void test_files(void)
     fd = openat(dirfd_, "d0.journal", O_RDWR);
     ok(pwrite(fd, "X", 1, 0) == 1, "corrupt the magic");
     close(fd);
-    ok(jrnl_open(dirfd_, "d0.journal", &j, &err) < 0 && strstr(err.msg, "d0.journal"),
+    ok(jrnl_open(dirfd_, "d0.journal", boot_a, &j, &err) < 0 && strstr(err.msg, "d0.journal"),
        "bad header refused, naming the file: %s", err.msg);
-    ok(jrnl_open(dirfd_, "nope.journal", &j, &err) < 0 && err.code == ENOENT,
+    ok(jrnl_open(dirfd_, "nope.journal", boot_a, &j, &err) < 0 && err.code == ENOENT,
        "missing journal: ENOENT");
     symlinkat("d0.journal", dirfd_, "link.journal");
-    ok(jrnl_open(dirfd_, "link.journal", &j, &err) < 0 && err.code == ELOOP,
+    ok(jrnl_open(dirfd_, "link.journal", boot_a, &j, &err) < 0 && err.code == ELOOP,
        "a symlink is not followed");
+}
+
+/* ---------------------------------------------------------------- marks and boots */
+
+static void test_marks(void)
+{
+    struct jrnl j;
+    struct p2v_err err = {0};
+    struct jrnl_rec r[6], v[2];
+    static const uint8_t unknown[JRNL_BOOT_LEN];
+    for (unsigned i = 0; i < 6; i++)
+        make_rec(&r[i], (uint64_t)i << 20, 1 << 20, (uint8_t)(i + 1), false);
+
+    /* records without a mark never count */
+    jrnl_create(dirfd_, "k.journal", 8u << 20, 512, P2V_HASH_SHA256, &j, &err);
+    jrnl_append(&j, r, 2, &err);
+    jrnl_close(&j);
+    ok(jrnl_open(dirfd_, "k.journal", boot_a, &j, &err) == 0 && !j.marked &&
+           j.committed.n == 0 && j.lost == 2 && j.end == JRNL_HDR_LEN,
+       "records after the last mark are dropped (none here: nothing committed)");
+    jrnl_close(&j);
+
+    /* boot A: durable mark after r0, r1; plain marks after r2 and after r3 */
+    jrnl_create(dirfd_, "k.journal", 8u << 20, 512, P2V_HASH_SHA256, &j, &err);
+    v[0] = r[0];
+    v[1] = r[1];
+    jrnl_append(&j, v, 2, &err);
+    v[0] = mark_rec(1000, boot_a, true);
+    jrnl_append(&j, v, 1, &err);
+    commit(&j, &r[2], 1, 2000);
+    commit(&j, &r[3], 1, 3000);
+    jrnl_close(&j);
+    ok(jrnl_open(dirfd_, "k.journal", boot_a, &j, &err) == 0 && j.mark == 3000 &&
+           srv_ranges_bytes(&j.committed) == 4u << 20 && j.lost == 0,
+       "same boot: the last mark counts, all four chunks committed");
+    jrnl_close(&j);
+    ok(jrnl_open(dirfd_, "k.journal", boot_b, &j, &err) == 0 && j.mark == 1000 &&
+           srv_ranges_bytes(&j.committed) == 2u << 20 && j.lost == 4,
+       "after a restart of the machine: back to the durable mark (chunks after it lost)");
+    is_int(file_size("k.journal"), JRNL_HDR_LEN + 3 * JRNL_REC_LEN,
+           "the journal is cut after the durable mark");
+    /* boot B goes on from there */
+    commit(&j, &r[4], 1, 4000);
+    jrnl_close(&j);
+    /* (commit writes boot A's id: rewrite that last mark as boot B's) */
+    jrnl_open(dirfd_, "k.journal", boot_a, &j, &err);
+    ok(j.mark == 4000 && srv_ranges_bytes(&j.committed) == 3u << 20,
+       "records appended after the cut follow the durable mark");
+    jrnl_close(&j);
+
+    /* an unknown boot id matches no mark: only durable ones count */
+    ok(jrnl_open(dirfd_, "k.journal", unknown, &j, &err) == 0 && j.mark == 1000,
+       "unknown boot id: only durable marks count");
+    jrnl_close(&j);
+
+    /* no durable mark and another boot: nothing */
+    jrnl_create(dirfd_, "k.journal", 8u << 20, 512, P2V_HASH_SHA256, &j, &err);
+    commit(&j, r, 2, 500);
+    jrnl_close(&j);
+    ok(jrnl_open(dirfd_, "k.journal", boot_b, &j, &err) == 0 && !j.marked &&
+           j.committed.n == 0 && j.lost == 3,
+       "another boot, no durable mark: nothing committed");
+    jrnl_close(&j);
+
+    uint8_t id[JRNL_BOOT_LEN];
+    jrnl_boot_id(id);
+    ok(memcmp(id, unknown, sizeof id) != 0, "this machine's boot id is read");
 }
 
 /* ---------------------------------------------------------------- re-sync */
@@ -220,7 +338,7 @@ static void test_match(void)
     make_rec(&recs[0], 0, 1 << 20, 1, false);
     make_rec(&recs[1], 1 << 20, 1 << 20, 2, false);
     make_rec(&recs[2], 2u << 20, 1 << 20, 0, true);
-    jrnl_append(&j, recs, 3, &err);
+    commit(&j, recs, 3, 100);
 
     struct jrnl_hash_entry e[4] = {
         {0, 1 << 20, recs[0].hash, false},
@@ -258,6 +376,7 @@ int main(void)
     test_ranges();
     test_codecs();
     test_files();
+    test_marks();
     test_match();
     int rc = exit_status();
     char cmd[128];

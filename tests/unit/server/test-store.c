@@ -211,16 +211,21 @@ static void test_store(void)
     j1->disks[0].planned = 4u << 20;
     ok(srv_disk_open(j1, 0, P2V_HASH_SHA256, &err) == 0, "make disk 0's files");
     snprintf(p, sizeof p, "%s/jobs/pc1/disk0.part", store);
-    ok(stat(p, &sb) == 0 && sb.st_size == 4 << 20 && sb.st_blocks == 0 &&
-           (sb.st_mode & 0777) == 0600,
-       "staging file: sparse, sized, 0600");
+    {
+        const char *fmt = NULL;
+        ok(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0600 &&
+               diskfmt_probe(p, &fmt, &err) == 0 && strcmp(fmt, "qcow2") == 0,
+           "in-progress image: a qcow2 (the job's format), 0600");
+    }
     uint8_t data[8192];
     memset(data, 0x77, sizeof data);
     struct jrnl_rec rec = {.off = 1 << 20, .len = sizeof data, .hash_algo = P2V_HASH_SHA256};
     p2v_hash(P2V_HASH_SHA256, data, sizeof data, rec.hash);
-    ok(p2v_pwrite_full(j1->disks[0].part_fd, data, sizeof data, 1 << 20) == sizeof data &&
-           jrnl_append(&j1->disks[0].jr, &rec, 1, &err) == 0,
+    ok(srv_disk_write(j1, 0, data, sizeof data, 1 << 20, false, &err) == 0 &&
+           srv_disk_commit(j1, 0, &rec, 1, false, 1, &err) == 0,
        "write and commit a chunk");
+    ok(j1->disks[0].jr.marked && j1->disks[0].committed == sizeof data,
+       "the commit left a mark in the journal");
     j1->disks[0].complete = true;
     srv_job_release(&st, j1);
     j1 = NULL;
@@ -239,7 +244,7 @@ static void test_store(void)
     ok(srv_job_finish(&st, j1, NULL, &err) == 0, "write the final image");
     ok(j1->state == JOB_RECEIVED, "state received");
     snprintf(p, sizeof p, "%s/jobs/pc1/disk0.part", store);
-    ok(stat(p, &sb) < 0 && errno == ENOENT, "staging file removed");
+    ok(stat(p, &sb) < 0 && errno == ENOENT, "in-progress image gone (renamed)");
     snprintf(p, sizeof p, "%s/jobs/pc1/disk0.journal", store);
     ok(stat(p, &sb) < 0 && errno == ENOENT, "journal removed");
     snprintf(p, sizeof p, "%s/jobs/pc1/disk0.qcow2", store);
@@ -250,7 +255,7 @@ static void test_store(void)
     ok(d && diskfmt_pread(d, back, sizeof back, 1 << 20, &err) == 0 &&
            memcmp(back, data, sizeof data) == 0 &&
            diskfmt_pread(d, zb, sizeof zb, 0, &err) == 0 && memcmp(zb, z, sizeof z) == 0,
-       "its content is the staging file's");
+       "its content is what was written");
     diskfmt_close(d, NULL);
     ok(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0600, "final image mode 0600");
     srv_job_release(&st, j1);
@@ -267,16 +272,16 @@ static void test_store(void)
     j3->disks[1].sector_size = 512;
     srv_disk_open(j3, 1, P2V_HASH_SHA256, &err);
     rec.off = 0;
-    p2v_pwrite_full(j3->disks[1].part_fd, data, sizeof data, 0);
-    jrnl_append(&j3->disks[1].jr, &rec, 1, &err);
+    srv_disk_write(j3, 1, data, sizeof data, 0, false, &err);
+    srv_disk_commit(j3, 1, &rec, 1, true, 1, &err);
     srv_job_close_files(j3);
     unlinkat(j3->dirfd, "disk1.journal", 0);
     ok(srv_disk_open(j3, 1, P2V_HASH_SHA256, &err) == 0 &&
            j3->disks[1].jr.committed.n == 0 && j3->disks[1].committed == 0,
        "journal gone: the disk starts again, nothing committed");
     snprintf(p, sizeof p, "%s/jobs/rawpc/disk1.part", store);
-    ok(stat(p, &sb) == 0 && sb.st_blocks == 0, "...with an empty staging file");
-    p2v_pwrite_full(j3->disks[1].part_fd, data, sizeof data, 65536);
+    ok(stat(p, &sb) == 0 && sb.st_blocks == 0, "...with an empty (raw) image");
+    srv_disk_write(j3, 1, data, sizeof data, 65536, false, &err);
     j3->disks[1].complete = true;
     ok(srv_job_finish(&st, j3, NULL, &err) == 0, "raw image written");
     snprintf(p, sizeof p, "%s/jobs/rawpc/disk1.raw", store);
