@@ -133,7 +133,12 @@ struct imager_pipeline_opts {
     uint32_t chunk_size;           /* bytes per chunk (default 1 MiB; <= 1 MiB) */
     int threads;                   /* hash/compress workers (0: number of CPUs) */
     enum imager_hash hash;         /* 0: no hash */
-    int zstd_level;                /* compression level; 0: no compression */
+    /* zstd level: 1..ZSTD_maxCLevel(), or a negative "fast" level down to
+     * ZSTD_minCLevel() (faster, larger); 0: no compression. */
+    int zstd_level;
+    /* The level may be changed while running (imager_pipeline_set_level()): the
+     * compression buffers are then allocated even when zstd_level is 0. */
+    bool adaptive;
     /* Unreadable sectors: each failed read is retried @retries times (0: the default 3;
      * negative: no retry), then
      * split down to sectors. Without @skip_bad_sectors the first bad sector ends the
@@ -154,6 +159,10 @@ struct imager_chunk {
     const uint8_t *zdata;          /* the zstd frame (NULL when not compressed: chunks that
                                     * do not shrink are sent as they are) */
     size_t zlen;
+    int level;                     /* the zstd level in effect when a worker took this chunk
+                                    * (0: compression off; zdata may be NULL at any level:
+                                    * random-looking data and chunks that do not shrink);
+                                    * 0 for zero chunks */
 };
 
 struct imager_pipeline;
@@ -177,5 +186,20 @@ uint64_t imager_pipeline_bytes_skipped(const struct imager_pipeline *p);
 const uint64_t *imager_pipeline_bad_sectors(const struct imager_pipeline *p, size_t *n);
 /* Stop the threads and free (safe at any point, also before the end). NULL accepted. */
 void imager_pipeline_free(struct imager_pipeline *p);
+
+/* True when @level is a zstd level the pipeline accepts: 0 (none), or
+ * ZSTD_minCLevel()..ZSTD_maxCLevel() (negative: zstd's fast levels). */
+bool imager_zstd_level_ok(int level);
+/* ZSTD_minCLevel(): the fastest level zstd has (a large negative number). */
+int imager_zstd_min_level(void);
+/* Change the compression level of an adaptive pipeline (opts.adaptive) while it runs;
+ * 0 stores the chunks uncompressed. Safe to call from the consumer's thread at any time:
+ * each worker reads the level once per chunk, so the change shows in the chunks that
+ * workers take from now on (those already compressed or being compressed keep their
+ * level: a few per worker and one read batch). 0, or -1 (EINVAL: NULL, a pipeline that
+ * is not adaptive, a level that imager_zstd_level_ok() refuses). */
+int imager_pipeline_set_level(struct imager_pipeline *p, int level);
+/* The level last set (or started with). */
+int imager_pipeline_level(const struct imager_pipeline *p);
 
 #endif /* IMAGER_H */

@@ -7,13 +7,16 @@
  * the chunk slots. Worker threads take the slots from a FIFO and do the CPU work: zero
  * detection, the content hash (OpenSSL EVP, one context per worker, the digest fetched
  * once) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
- * data from costing a compression attempt). The caller's imager_pipeline_next() hands the
+ * data from costing a compression attempt). The level is an atomic that each worker reads
+ * once per chunk, so an adaptive pipeline's caller can change it at any time
+ * (imager_pipeline_set_level(); 0 stores chunks uncompressed); the chunk says which
+ * level it got. The caller's imager_pipeline_next() hands the
  * results out strictly in offset order: every slot carries a sequence number and the
  * consumer waits for the next one (order[seq % nslots] finds it).
  *
  * Memory is a fixed pool of slots (PIPE_SLOTS_PER_WORKER per worker, plus one large read
  * and the slot the caller holds), each with a data buffer and a ZSTD_compressBound()
- * buffer; nothing grows with the disk's size except the bad-sector list, which is capped.
+ * buffer (when the pipeline compresses or is adaptive); nothing grows with the disk's size except the bad-sector list, which is capped.
  *
  * Unreadable sectors: a large read that fails falls back to one read per chunk, each
  * tried 1 + retries times; a chunk that still fails is read again sector by sector. A
@@ -82,6 +85,7 @@ struct pipe_slot {
     uint8_t *data;
     uint8_t *zbuf; /* NULL when compression is off */
     size_t zlen;   /* 0: not compressed */
+    int level;     /* the level the worker used (0: none) */
     uint64_t *bad; /* offsets of this chunk's unreadable sectors (allocated on demand) */
     size_t nbad, bad_cap;
     struct p2v_err err;
@@ -108,7 +112,8 @@ struct imager_pipeline {
     uint32_t sector_size;
     int nworkers;
     enum imager_hash hash;
-    int level;
+    int level;     /* atomic: the caller sets, the workers read once per chunk */
+    bool adaptive; /* the level may change: compression buffers always allocated */
     int retries;
     bool skip_bad;
     size_t batch_max;
@@ -273,6 +278,7 @@ static struct pipe_slot *pipe_slot_take(struct imager_pipeline *p)
         s->seq = p->seq_assign++;
         s->zero = s->failed = false;
         s->zlen = 0;
+        s->level = 0;
         s->nbad = 0;
         p->order[s->seq % p->nslots] = s;
     }
@@ -504,18 +510,22 @@ static void pipe_process(struct pipe_worker *w, struct pipe_slot *s)
     struct imager_pipeline *p = w->p;
     memset(s->hash, 0, sizeof(s->hash));
     s->zlen = 0;
+    s->level = 0;
     s->zero = p2v_is_zero(s->data, s->len);
     if (s->zero)
         return;
+    /* one read per chunk: the caller may change it meanwhile (adaptive pipelines) */
+    const int level = __atomic_load_n(&p->level, __ATOMIC_RELAXED);
+    s->level = level;
     if (p->md && pipe_digest(w->mdctx, p->md, s->data, s->len, s->hash) < 0) {
         s->failed = true;
         p2v_err_set(&s->err, ENOMEM, "cannot hash %u bytes at offset %llu of '%s' (openssl)",
                     s->len, (unsigned long long)s->off, p->path);
         return;
     }
-    if (w->cctx && !pipe_looks_random(s->data, s->len)) {
+    if (level != 0 && w->cctx && !pipe_looks_random(s->data, s->len)) {
         size_t z = ZSTD_compressCCtx(w->cctx, s->zbuf, ZSTD_compressBound(s->len), s->data,
-                                     s->len, p->level);
+                                     s->len, level);
         /* a zstd failure is not fatal: the chunk goes out as it is */
         if (!ZSTD_isError(z) && z > 0 && z < s->len)
             s->zlen = z;
@@ -554,6 +564,31 @@ static void *pipe_worker_main(void *arg)
 }
 
 /* ------------------------------------------------------------------ start / free */
+
+bool imager_zstd_level_ok(int level)
+{
+    return level == 0 || (level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel());
+}
+
+int imager_zstd_min_level(void)
+{
+    return ZSTD_minCLevel();
+}
+
+int imager_pipeline_set_level(struct imager_pipeline *p, int level)
+{
+    if (!p || !p->adaptive || !imager_zstd_level_ok(level)) {
+        errno = EINVAL;
+        return -1;
+    }
+    __atomic_store_n(&p->level, level, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int imager_pipeline_level(const struct imager_pipeline *p)
+{
+    return p ? __atomic_load_n(&p->level, __ATOMIC_RELAXED) : 0;
+}
 
 static int pipe_check_ranges(const char *path, const char *what,
                              const struct imager_extent *r, size_t n, uint64_t disk_size,
@@ -676,8 +711,7 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
         p2v_err_set(err, EINVAL, "'%s': unknown hash algorithm %d", path, (int)opts->hash);
         goto out;
     }
-    if (opts->zstd_level != 0 &&
-        (opts->zstd_level < ZSTD_minCLevel() || opts->zstd_level > ZSTD_maxCLevel())) {
+    if (!imager_zstd_level_ok(opts->zstd_level)) {
         p2v_err_set(err, EINVAL, "'%s': zstd level %d is outside %d..%d", path,
                     opts->zstd_level, ZSTD_minCLevel(), ZSTD_maxCLevel());
         goto out;
@@ -703,6 +737,7 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
     p->sector_size = pipe_sector_size(opts->fd);
     p->hash = opts->hash;
     p->level = opts->zstd_level;
+    p->adaptive = opts->adaptive;
     p->retries = opts->retries < 0 ? 0 : opts->retries == 0 ? PIPE_RETRIES_DEFAULT
                                                              : opts->retries;
     p->skip_bad = opts->skip_bad_sectors;
@@ -742,7 +777,7 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
         if (posix_memalign(&d, 4096, cs) != 0)
             goto nomem;
         s->data = d;
-        if (p->level && !(s->zbuf = malloc(zcap)))
+        if ((p->level || p->adaptive) && !(s->zbuf = malloc(zcap)))
             goto nomem;
         s->next = p->free_list;
         p->free_list = s;
@@ -752,7 +787,7 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
         w->p = p;
         if (p->md && !(w->mdctx = EVP_MD_CTX_new()))
             goto nomem;
-        if (p->level && !(w->cctx = ZSTD_createCCtx()))
+        if ((p->level || p->adaptive) && !(w->cctx = ZSTD_createCCtx()))
             goto nomem;
     }
 
@@ -859,6 +894,7 @@ int imager_pipeline_next(struct imager_pipeline *p, struct imager_chunk *c,
     c->data = s->zero ? NULL : s->data;
     c->zdata = s->zlen ? s->zbuf : NULL;
     c->zlen = s->zlen;
+    c->level = s->level;
     return 1;
 
 failed:

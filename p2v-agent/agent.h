@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "adapt.h"
 #include "imager.h"
 #include "p2v-common.h"
 
@@ -43,7 +44,8 @@ struct agent_opts {
     bool skip_bad_sectors;
     unsigned retry_time;          /* seconds without progress before giving up */
     uint64_t max_rate;            /* --max-rate: payload bytes per second, 0 = no limit */
-    int compress_level;           /* zstd level, 0: none */
+    int compress_level;           /* zstd level, 0: none (auto: the level to start at) */
+    bool compress_auto;           /* --compress-level auto: adapt to the bottleneck */
     const char *hash;             /* "auto", "sha256", "blake2b" */
     int threads;                  /* 0: number of CPUs */
     enum p2v_progress_mode progress;
@@ -78,6 +80,15 @@ struct agent_stats {
     uint64_t bytes_written;   /* local mode: bytes handed to the image writer */
     unsigned reconnects;
     double start;
+    /* non-zero DATA bytes (uncompressed) by the zstd level they were compressed at
+     * (0: stored), in order of first use */
+    struct agent_level_bytes {
+        int level;
+        uint64_t bytes;
+    } levels[8];
+    size_t nlevels;
+    int level_final;          /* the level in effect at the end */
+    unsigned level_changes;   /* steps of the adaptive level */
 };
 
 struct agent {
@@ -90,6 +101,7 @@ struct agent {
     size_t nbad, bad_cap;
     const char *hash_name;        /* the algorithm used ("sha256", "blake2b", "none") */
     char job[96];                 /* the server's job id */
+    struct agent_adapt adapt;     /* --compress-level auto: the controller (all sessions) */
 };
 
 /* main.c */
@@ -136,9 +148,17 @@ struct agent_progress {
     uint32_t disk;
     double t0, last;
     uint64_t base;           /* bytes done when this session started (not in rate) */
+    char label[64];          /* without the level */
+    bool has_level;
+    int level;               /* the compression level now (shown when has_level) */
 };
 void agent_progress_init(struct agent_progress *p, const struct agent *a, uint32_t disk,
                          const char *label, uint64_t total, uint64_t base);
+/* Show the compression level in use: "LABEL zstd N" (or "LABEL zstd none") and a
+ * compress-level member in progress events. */
+void agent_progress_level(struct agent_progress *p, int level);
+/* Count @bytes sent at @level in the run's statistics. */
+void agent_count_level(struct agent *a, int level, uint64_t bytes);
 void agent_progress_update(struct agent_progress *p, uint64_t done);
 void agent_progress_finish(struct agent_progress *p, bool ok);
 

@@ -44,6 +44,17 @@ static void stats_json(const struct agent *a, struct p2v_json *j)
         p2v_json_kv_u64(j, "resumed-bytes", s->resumed_bytes);
         p2v_json_kv_u64(j, "reconnects", s->reconnects);
         p2v_json_kv_u64(j, "lost-max", s->lost_max);
+        p2v_json_kv_string(j, "compress-mode", a->o.compress_auto ? "auto" : "fixed");
+        p2v_json_key(j, "compress-levels");
+        p2v_json_object_begin(j);
+        for (size_t i = 0; i < s->nlevels; i++) {
+            char name[16];
+            p2v_json_kv_u64(j, agent_level_name(s->levels[i].level, name, sizeof name),
+                            s->levels[i].bytes);
+        }
+        p2v_json_object_end(j);
+        p2v_json_kv_i64(j, "compress-level-final", s->level_final);
+        p2v_json_kv_u64(j, "compress-level-changes", s->level_changes);
     } else {
         p2v_json_kv_u64(j, "bytes-written", s->bytes_written);
     }
@@ -200,6 +211,34 @@ void agent_progress_init(struct agent_progress *p, const struct agent *a, uint32
     p->last = p->t0;
     p->base = base;
     p->pg.done = base;
+    snprintf(p->label, sizeof p->label, "%s", label ? label : "");
+    p->has_level = false;
+    p->level = 0;
+}
+
+void agent_progress_level(struct agent_progress *p, int level)
+{
+    p->has_level = true;
+    p->level = level;
+    if (level == 0)
+        snprintf(p->pg.label, sizeof p->pg.label, "%.50s zstd none", p->label);
+    else
+        snprintf(p->pg.label, sizeof p->pg.label, "%.50s zstd %d", p->label, level);
+}
+
+void agent_count_level(struct agent *a, int level, uint64_t bytes)
+{
+    struct agent_stats *s = &a->st;
+    size_t i = 0;
+    while (i < s->nlevels && s->levels[i].level != level)
+        i++;
+    if (i == s->nlevels) {
+        if (i == P2V_ARRAY_SIZE(s->levels))
+            return; /* only a fixed level or the adaptive ladder's few are ever used */
+        s->levels[i] = (struct agent_level_bytes){level, 0};
+        s->nlevels++;
+    }
+    s->levels[i].bytes += bytes;
 }
 
 static void progress_event(struct agent_progress *p, double now)
@@ -213,6 +252,8 @@ static void progress_event(struct agent_progress *p, double now)
     p2v_json_kv_u64(&e.j, "done", done);
     p2v_json_kv_u64(&e.j, "total", total);
     p2v_json_kv_double(&e.j, "rate", rate);
+    if (p->has_level)
+        p2v_json_kv_i64(&e.j, "compress-level", p->level);
     p2v_json_key(&e.j, "eta");
     if (done >= total)
         p2v_json_double(&e.j, 0);

@@ -4,6 +4,8 @@
 bin_PROGRAMS += p2v-agent/p2v-agent
 p2v_agent_p2v_agent_SOURCES = \
 	p2v-agent/agent.h \
+	p2v-agent/adapt.h \
+	p2v-agent/adapt.c \
 	p2v-agent/main.c \
 	p2v-agent/facts.c \
 	p2v-agent/events.c \
@@ -12,6 +14,6 @@ p2v_agent_p2v_agent_SOURCES = \
 p2v_agent_p2v_agent_LDADD = $(IMAGER_LIBS)
 dist_man_MANS += docs/man/p2v-agent.1
 
-AGENT_TESTS = tests/integration/agent-local.sh
+AGENT_TESTS = tests/integration/agent-local.sh tests/integration/agent-adapt.sh
 TESTS += $(AGENT_TESTS)
 EXTRA_DIST += $(AGENT_TESTS)

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,7 @@ static void usage(FILE *fp)
             "usage: p2v-agent --server HOST:PORT --fingerprint SHA256:... --token TOKEN\n"
             "                 [--disk DEV]... [--name NAME] [--all-blocks]\n"
             "                 [--skip-bad-sectors] [--retry-time SECS] [--max-rate RATE]\n"
-            "                 [--compress-level N]\n"
+            "                 [--compress-level auto|N]\n"
             "                 [--hash auto|sha256|blake2b] [--threads N]\n"
             "                 [--progress auto|bar|lines|json|none] [--json] [--report FILE]\n"
             "                 [-v] [-q]\n"
@@ -47,7 +48,10 @@ static void usage(FILE *fp)
             "  --skip-bad-sectors      read unreadable sectors as zeros and list them\n"
             "  --retry-time SECS       give up after SECS without progress (default 600)\n"
             "  --max-rate RATE         send at most RATE bytes per second (e.g. 40M)\n"
-            "  --compress-level N      zstd level 0..19, 0 = none (default 1)\n"
+            "  --compress-level L      auto (default): adapt the zstd level to the bottleneck,\n"
+            "                          from none (CPU-bound) to 3 (link-bound, --max-rate);\n"
+            "                          or a fixed level: 1..19, 0 = none, -1.. = zstd's fast\n"
+            "                          levels\n"
             "  --hash ALGO             chunk hash: auto (the faster here), sha256, blake2b\n"
             "  --threads N             hash/compress workers (default: the CPUs)\n"
             "  --output FILE           write the disk into FILE instead of to a server\n"
@@ -88,6 +92,20 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
     if (errno || *end || v > max)
         return -1;
     *out = v;
+    return 0;
+}
+
+/* A fixed zstd level: 0, 1..19, or a negative fast level zstd knows. */
+static int parse_level(const char *s, int *out)
+{
+    char *end;
+    if (!s || !*s || *s == '+')
+        return -1;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v > 19 || v < INT_MIN || !imager_zstd_level_ok((int)v))
+        return -1;
+    *out = (int)v;
     return 0;
 }
 
@@ -183,7 +201,8 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
     unsigned long v;
 
     o->retry_time = 600;
-    o->compress_level = 1;
+    o->compress_level = AGENT_ADAPT_START;
+    o->compress_auto = true;
     o->hash = "auto";
     o->format = "qcow2";
     o->progress = P2V_PROGRESS_AUTO;
@@ -218,9 +237,16 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
             break;
         }
         case OPT_COMPRESS:
-            if (parse_uint(optarg, 19, &v) < 0)
-                return usage_error("invalid --compress-level '%s' (0..19, 0 = none)", optarg);
-            o->compress_level = (int)v;
+            if (strcmp(optarg, "auto") == 0) {
+                o->compress_level = AGENT_ADAPT_START;
+                o->compress_auto = true;
+                break;
+            }
+            if (parse_level(optarg, &o->compress_level) < 0)
+                return usage_error("invalid --compress-level '%s' (auto, 0 = none, 1..19, or "
+                                   "a fast level -1..%d)",
+                                   optarg, imager_zstd_min_level());
+            o->compress_auto = false;
             break;
         case OPT_HASH:
             if (strcmp(optarg, "auto") && strcmp(optarg, "sha256") && strcmp(optarg, "blake2b"))

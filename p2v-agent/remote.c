@@ -10,6 +10,16 @@
  * one when the next chunk would go past the window. So a broken session loses at most
  * one window, which is what the next session sends again.
  *
+ * Compression (--compress-level auto, the default): the send loop times, per window of
+ * AGENT_ADAPT_WINDOW_S, how long it waited for the read pipeline (imager_pipeline_next
+ * blocking: the CPU that hashes and compresses is the bottleneck) and how long it was
+ * blocked sending (wall time minus this thread's CPU time over the window wait, the socket
+ * writes, the --max-rate pause and the COMMITTED drain, so that the TLS encryption this
+ * thread does is not mistaken for a slow link), and reads the machine's idle CPU share
+ * from /proc/stat. adapt.c turns those into a level that the pipeline's workers pick up
+ * for the next chunks; the controller's state lives in the agent and carries over disks
+ * and sessions.
+ *
  * Failures: a network error or a retryable ERROR (NOSPACE, BUSY, INTERNAL, SHUTDOWN) ends
  * the session and a new one starts after a back-off of 1, 2, 4 ... 30 s; every session
  * re-declares the disks and resumes through HAVE. The agent gives up after --retry-time
@@ -18,6 +28,7 @@
  * does an unreadable sector without --skip-bad-sectors (exit 4).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -330,6 +341,92 @@ fail:
     return -1;
 }
 
+/* This thread's CPU time in seconds (0 when the clock is missing: every wait then
+ * counts whole). */
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+        return 0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The machine's CPU time in clock ticks from /proc/stat's first line: *idle (idle and
+ * iowait) and *total. 0 / -1 (no /proc). */
+static int host_cpu_ticks(uint64_t *idle, uint64_t *total)
+{
+    char buf[512];
+    int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* cpu  user nice system idle iowait irq softirq steal (guest time is in user) */
+    unsigned long long v[8] = {0};
+    if (sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+               &v[3], &v[4], &v[5], &v[6], &v[7]) < 4)
+        return -1;
+    *idle = v[3] + v[4];
+    *total = 0;
+    for (int i = 0; i < 8; i++)
+        *total += v[i];
+    return 0;
+}
+
+/* One measurement window of the adaptive level (see the top of this file). */
+struct adapt_clock {
+    double t0;        /* when it began */
+    double pipe;      /* seconds waiting for the pipeline */
+    double send;      /* seconds blocked sending */
+    bool cpu_ok;      /* the /proc/stat reading at its start worked */
+    uint64_t idle0, total0;
+};
+
+static void adapt_clock_start(struct adapt_clock *ac, double now)
+{
+    *ac = (struct adapt_clock){.t0 = now};
+    ac->cpu_ok = host_cpu_ticks(&ac->idle0, &ac->total0) == 0;
+}
+
+/* A window has passed: let the controller pick the level and apply it. */
+static void adapt_window(struct sess *s, uint32_t disk, struct imager_pipeline *pl,
+                         struct agent_progress *pg, struct adapt_clock *ac, double now)
+{
+    struct agent *a = s->a;
+    double el = now - ac->t0;
+    double idle = -1;
+    uint64_t i1, t1;
+    if (ac->cpu_ok && host_cpu_ticks(&i1, &t1) == 0 && t1 > ac->total0 && i1 >= ac->idle0)
+        idle = (double)(i1 - ac->idle0) / (double)(t1 - ac->total0);
+    int old = agent_adapt_current(&a->adapt);
+    int level = agent_adapt_level(&a->adapt, ac->pipe / el, ac->send / el, idle);
+    if (level != old && imager_pipeline_set_level(pl, level) == 0) {
+        char from[16], to[16];
+        agent_level_name(old, from, sizeof from);
+        agent_level_name(level, to, sizeof to);
+        p2v_debug("disk %u: zstd level %s -> %s (last %.2f s: %.0f%% waiting for the "
+                  "pipeline, %.0f%% blocked sending, %.0f%% of the CPUs idle)",
+                  disk, from, to, el, 100 * ac->pipe / el, 100 * ac->send / el, 100 * idle);
+        a->st.level_changes++;
+        a->st.level_final = level;
+        agent_progress_level(pg, level);
+        struct agent_event e;
+        agent_event_begin(&e, "compress-level");
+        p2v_json_kv_u64(&e.j, "disk", disk);
+        p2v_json_kv_i64(&e.j, "level", level);
+        p2v_json_kv_i64(&e.j, "from", old);
+        p2v_json_kv_double(&e.j, "wait-pipeline", ac->pipe / el);
+        p2v_json_kv_double(&e.j, "wait-send", ac->send / el);
+        if (idle >= 0)
+            p2v_json_kv_double(&e.j, "cpu-idle", idle);
+        agent_event_end(a, &e);
+    }
+    adapt_clock_start(ac, now);
+}
+
 /* --max-rate: sleep until the bytes sent this session fit the rate. */
 static void throttle(struct sess *s, size_t n)
 {
@@ -387,7 +484,9 @@ static int sess_disk(struct sess *s, uint32_t i)
         .chunk_size = CHUNK_SIZE,
         .threads = a->o.threads,
         .hash = (enum imager_hash)s->hash_algo,
-        .zstd_level = a->o.compress_level,
+        .zstd_level = a->o.compress_auto ? agent_adapt_current(&a->adapt)
+                                         : a->o.compress_level,
+        .adaptive = a->o.compress_auto,
         .retries = 3,
         .skip_bad_sectors = a->o.skip_bad_sectors,
     };
@@ -399,12 +498,24 @@ static int sess_disk(struct sess *s, uint32_t i)
     char label[96];
     snprintf(label, sizeof label, "disk%u %s", i, d->info->name);
     agent_progress_init(&pg, a, i, label, d->plan.bytes, have);
+    agent_progress_level(&pg, po.zstd_level);
     pg_open = true;
 
+    const bool adaptive = a->o.compress_auto;
+    struct adapt_clock ac = {0};
+    if (adaptive)
+        adapt_clock_start(&ac, p2v_now());
     uint64_t done = have, disk_bytes = 0;
     for (;;) {
         struct imager_chunk c;
+        double t_next = adaptive ? p2v_now() : 0;
         int r = imager_pipeline_next(pl, &c, &err);
+        double t_got = 0, cpu_got = 0;
+        if (adaptive) {
+            t_got = p2v_now();
+            cpu_got = thread_cpu();
+            ac.pipe += t_got - t_next;
+        }
         if (r < 0) {
             if (err.code == EIO)
                 sess_set(s, SESS_BADSECTOR, "bad-sector",
@@ -436,6 +547,7 @@ static int sess_disk(struct sess *s, uint32_t i)
             throttle(s, sizeof hdr + plen);
             a->st.bytes_sent += c.len;
             a->st.payload_bytes += plen;
+            agent_count_level(a, c.level, c.len);
         }
         s->frames++;
         disk_bytes += c.len;
@@ -443,6 +555,14 @@ static int sess_disk(struct sess *s, uint32_t i)
         agent_progress_update(&pg, P2V_MIN(done, d->plan.bytes));
         if (sess_drain(s) < 0)
             goto out;
+        if (adaptive) {
+            double now = p2v_now();
+            double blocked = (now - t_got) - (thread_cpu() - cpu_got);
+            if (blocked > 0)
+                ac.send += blocked;
+            if (now - ac.t0 >= AGENT_ADAPT_WINDOW_S)
+                adapt_window(s, i, pl, &pg, &ac, now);
+        }
         continue;
     write_failed:
         sess_set(s, SESS_RETRY, "network", "sending to %s: %s", a->o.server, werr.msg);
@@ -658,6 +778,9 @@ int agent_remote(struct agent *a)
     else
         s.hash_algo = (uint8_t)imager_hash_pick();
     a->hash_name = s.hash_algo == P2V_HASH_BLAKE2B ? "blake2b" : "sha256";
+    agent_adapt_init(&a->adapt, a->o.compress_level);
+    a->st.level_final =
+        a->o.compress_auto ? agent_adapt_current(&a->adapt) : a->o.compress_level;
     if (build_facts(a, &facts) < 0) {
         ret = agent_fail(a, AGENT_EXIT_FAIL, "internal", "the facts do not fit in a frame");
         goto out;
@@ -679,6 +802,8 @@ int agent_remote(struct agent *a)
     p2v_json_kv_string(&e.j, "name", a->o.name);
     p2v_json_kv_string(&e.j, "source-id", sid);
     p2v_json_kv_string(&e.j, "hash", a->hash_name);
+    p2v_json_kv_string(&e.j, "compress-mode", a->o.compress_auto ? "auto" : "fixed");
+    p2v_json_kv_i64(&e.j, "compress-level", a->st.level_final);
     p2v_json_kv_u64(&e.j, "bytes-planned", a->st.bytes_planned);
     p2v_json_key(&e.j, "disks");
     p2v_json_array_begin(&e.j);
