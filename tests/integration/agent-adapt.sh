@@ -65,8 +65,14 @@ if [ "$idle" -ge 60 ]; then
 else
     ok "a paced link: ends at level 3 # SKIP the CPUs were busy ($idle% idle)"
 fi
-ok "it started at level 1 and stepped up (a compress-level event from 1 to 3)" \
-    grep -q '"event":"compress-level".*"level":3,"from":1' "$work/paced.ev"
+# with the CPUs busy (other tests running beside this one) the controller rightly does
+# not compress harder: the step up is checked only when they were mostly idle
+if [ "$idle" -ge 60 ]; then
+    ok "it started at level 1 and stepped up (a compress-level event from 1 to 3)" \
+        grep -q '"event":"compress-level".*"level":3,"from":1' "$work/paced.ev"
+else
+    ok "it started at level 1 and stepped up # SKIP the CPUs were busy ($idle% idle)"
+fi
 # (bytes at level 3 are not required: a change reaches the chunks only after those
 # already in flight, which on a loaded machine can be the rest of this small disk)
 ok "the report counts bytes per level from the ladder, starting at 1, and they add up to bytes-sent" python3 -c '
@@ -75,7 +81,7 @@ d = json.load(open(sys.argv[1]))
 lv = d["compress-levels"]
 assert set(lv) <= {"none", "-10", "-5", "-1", "1", "3"}, lv
 assert sum(lv.values()) == d["bytes-sent"] > 0, (lv, d["bytes-sent"])
-assert lv.get("1", 0) > 0 and d["compress-level-changes"] >= 1, d
+assert lv.get("1", 0) > 0, d
 ' "$work/paced.json"
 ok "compressed: payload-bytes under half of bytes-sent" python3 -c '
 import json, sys
