@@ -25,8 +25,8 @@ FIXTURE_TESTS = \
 TESTS += $(CODE_TESTS) $(FIXTURE_TESTS)
 EXTRA_DIST += $(CODE_TESTS) $(FIXTURE_TESTS) tests/bench tests/fuzz
 
-# The sanitizer build runs every test but the fixture proofs.
-SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS),$(TESTS))
+# The sanitizer build runs every test but the fixture proofs and the HEAVY_TESTS.
+SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS) $(HEAVY_TESTS),$(TESTS))
 print-sanitizer-tests:
 	@echo $(SANITIZER_TESTS)
 .PHONY: print-sanitizer-tests
