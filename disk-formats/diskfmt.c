@@ -125,24 +125,33 @@ struct diskfmt *diskfmt_open(const char *path, const char *format, unsigned flag
     return d;
 }
 
-struct diskfmt *diskfmt_create(const char *path, const char *format,
-                               const struct diskfmt_create_opts *opts, struct p2v_err *err)
+/* A writable handle for a create (@resume false) or a resume of @format at @path, before
+ * the format's own create or resume sets what it knows. */
+static struct diskfmt *writer_handle(const char *path, const char *format, bool resume,
+                                     struct p2v_err *err)
 {
     const struct diskfmt_ops *ops = find_format(format);
     if (!ops) {
         p2v_err_set(err, EINVAL, "unknown image format '%s'", format);
         return NULL;
     }
-    if (!ops->create) {
-        p2v_err_set(err, ENOTSUP, "'%s': creating %s images is not supported", path,
-                    ops->name);
+    if (resume ? !ops->resume : !ops->create) {
+        p2v_err_set(err, ENOTSUP, resume ?
+                    "'%s': resuming the writing of %s images is not supported" :
+                    "'%s': creating %s images is not supported", path, ops->name);
         return NULL;
     }
     struct diskfmt *d = handle_new(ops, path, err);
-    if (!d)
-        return NULL;
-    d->writable = true;
-    if (ops->create(d, opts, err) < 0) {
+    if (d)
+        d->writable = true;
+    return d;
+}
+
+struct diskfmt *diskfmt_create(const char *path, const char *format,
+                               const struct diskfmt_create_opts *opts, struct p2v_err *err)
+{
+    struct diskfmt *d = writer_handle(path, format, false, err);
+    if (d && d->ops->create(d, opts, err) < 0) {
         handle_free(d);
         return NULL;
     }
@@ -154,22 +163,9 @@ struct diskfmt *diskfmt_resume(const char *path, const char *format, uint64_t ma
 {
     if (!format && diskfmt_probe(path, &format, err) < 0)
         return NULL;
-    const struct diskfmt_ops *ops = find_format(format);
-    if (!ops) {
-        p2v_err_set(err, EINVAL, "unknown image format '%s'", format);
-        return NULL;
-    }
-    if (!ops->resume) {
-        p2v_err_set(err, ENOTSUP, "'%s': resuming the writing of %s images is not "
-                    "supported", path, ops->name);
-        return NULL;
-    }
     /* the handle a create makes: the format's resume sets what its create sets */
-    struct diskfmt *d = handle_new(ops, path, err);
-    if (!d)
-        return NULL;
-    d->writable = true;
-    if (ops->resume(d, mark, err) < 0) {
+    struct diskfmt *d = writer_handle(path, format, true, err);
+    if (d && d->ops->resume(d, mark, err) < 0) {
         handle_free(d);
         return NULL;
     }

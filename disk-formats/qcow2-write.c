@@ -1178,34 +1178,17 @@ static const char *msg_of(const struct p2v_err *e, const char *path)
  * its header length without extensions, 16-bit refcounts, the refcount table in cluster
  * 1, the L1 table from cluster 3 sized for the virtual size, no snapshots, no features
  * but the dirty bit, which must be set). */
-static int resume_header(struct qcow2 *q, uint64_t fsize, struct p2v_err *err)
+static int resume_header(struct qcow2 *q, struct p2v_err *err)
 {
     const char *path = q->path;
     struct qcow2_header *h = &q->h;
     struct p2v_err e = {0};
-    size_t hlen = (size_t)P2V_MIN(fsize, (uint64_t)4096);
-    uint8_t *head = malloc(4096);
+    uint64_t fsize = q->file_size;
+    uint8_t *head = NULL;
+    size_t hlen;
     int ret = -1;
-    if (!head)
-        return p2v_err_set(err, ENOMEM, "out of memory");
-    if (qcow2_read_exact(q, head, hlen, 0, err) < 0)
+    if (qcow2_read_header_cluster(q, &head, &hlen, err) < 0)
         goto out;
-    /* the header cluster: its first bytes say how large it is */
-    if (hlen >= 24) {
-        uint32_t cb = p2v_get_u32be(head + 20);
-        if (cb > 12 && cb <= QCOW2_CLUSTER_BITS_MAX) {
-            size_t want = (size_t)P2V_MIN(fsize, (uint64_t)1 << cb);
-            uint8_t *p = realloc(head, want);
-            if (!p) {
-                p2v_err_set(err, ENOMEM, "out of memory");
-                goto out;
-            }
-            head = p;
-            if (qcow2_read_exact(q, head + hlen, want - hlen, hlen, err) < 0)
-                goto out;
-            hlen = want;
-        }
-    }
     if (qcow2_header_parse(head, hlen, path, h, &e) < 0) {
         not_ours(path, err, "%s", msg_of(&e, path));
         goto out;
@@ -1406,24 +1389,11 @@ int qcow2_resume(struct diskfmt *d, uint64_t mark, struct p2v_err *err)
     if (!q)
         return p2v_err_set(err, ENOMEM, "out of memory");
     q->path = d->path;
-    q->fd = open(d->path, O_RDWR | O_CLOEXEC);
-    if (q->fd < 0) {
-        p2v_err_errno(err, "cannot open '%s'", d->path);
+    /* the cut needs ftruncate: a regular file */
+    if (qcow2_open_file(q, O_RDWR, false, err) < 0)
         goto out;
-    }
-    struct stat st;
-    if (fstat(q->fd, &st) < 0) {
-        p2v_err_errno(err, "cannot stat '%s'", d->path);
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        /* the cut needs ftruncate */
-        p2v_err_set(err, EINVAL, "'%s' is not a regular file: only qcow2 files can be "
-                    "resumed", d->path);
-        goto out;
-    }
-    uint64_t fsize = (uint64_t)st.st_size;
-    if (resume_header(q, fsize, err) < 0)
+    uint64_t fsize = q->file_size;
+    if (resume_header(q, err) < 0)
         goto out;
     q->cb = q->h.cluster_bits;
     q->cs = q->l.cluster_size;

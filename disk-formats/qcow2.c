@@ -557,6 +557,63 @@ static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail
     return v == 2 || v == 3 ? 100 : 60;
 }
 
+/* Open q->path with @oflags (O_RDONLY or O_RDWR), set q->fd and q->file_size. Regular
+ * files, and block devices when @allow_blk. */
+int qcow2_open_file(struct qcow2 *q, int oflags, bool allow_blk, struct p2v_err *err)
+{
+    q->fd = open(q->path, oflags | O_CLOEXEC);
+    if (q->fd < 0)
+        return p2v_err_errno(err, "cannot open '%s'", q->path);
+    struct stat st;
+    if (fstat(q->fd, &st) < 0)
+        return p2v_err_errno(err, "cannot stat '%s'", q->path);
+    if (allow_blk && S_ISBLK(st.st_mode)) {
+        off_t end = lseek(q->fd, 0, SEEK_END);
+        q->file_size = end > 0 ? (uint64_t)end : 0;
+    } else if (S_ISREG(st.st_mode)) {
+        q->file_size = (uint64_t)st.st_size;
+    } else {
+        return p2v_err_set(err, EINVAL, allow_blk ?
+                           "'%s' is neither a regular file nor a block device" :
+                           "'%s' is not a regular file", q->path);
+    }
+    return 0;
+}
+
+/* Read the header cluster (its first bytes say how large it is; at most the file) into a
+ * buffer the caller frees. */
+int qcow2_read_header_cluster(struct qcow2 *q, uint8_t **out, size_t *out_len,
+                              struct p2v_err *err)
+{
+    size_t hlen = (size_t)P2V_MIN(q->file_size, (uint64_t)4096);
+    uint8_t *head = malloc(4096);
+    if (!head)
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    if (qcow2_read_exact(q, head, hlen, 0, err) < 0)
+        goto fail;
+    if (hlen >= 24) {
+        uint32_t cb = p2v_get_u32be(head + 20);
+        if (cb > 12 && cb <= QCOW2_CLUSTER_BITS_MAX) {
+            size_t want = (size_t)P2V_MIN(q->file_size, (uint64_t)1 << cb);
+            uint8_t *p = realloc(head, want);
+            if (!p) {
+                p2v_err_set(err, ENOMEM, "out of memory");
+                goto fail;
+            }
+            head = p;
+            if (qcow2_read_exact(q, head + hlen, want - hlen, hlen, err) < 0)
+                goto fail;
+            hlen = want;
+        }
+    }
+    *out = head;
+    *out_len = hlen;
+    return 0;
+fail:
+    free(head);
+    return -1;
+}
+
 static int qcow2_open(struct diskfmt *d, unsigned flags, struct p2v_err *err)
 {
     if (flags & DISKFMT_RDWR)
@@ -568,50 +625,10 @@ static int qcow2_open(struct diskfmt *d, unsigned flags, struct p2v_err *err)
     if (!q)
         return p2v_err_set(err, ENOMEM, "out of memory");
     q->path = d->path;
-    q->fd = open(d->path, O_RDONLY | O_CLOEXEC);
-    if (q->fd < 0) {
-        p2v_err_errno(err, "cannot open '%s'", d->path);
+    size_t hlen;
+    if (qcow2_open_file(q, O_RDONLY, true, err) < 0 ||
+        qcow2_read_header_cluster(q, &head, &hlen, err) < 0)
         goto out;
-    }
-    struct stat st;
-    if (fstat(q->fd, &st) < 0) {
-        p2v_err_errno(err, "cannot stat '%s'", d->path);
-        goto out;
-    }
-    if (S_ISBLK(st.st_mode)) {
-        off_t end = lseek(q->fd, 0, SEEK_END);
-        q->file_size = end > 0 ? (uint64_t)end : 0;
-    } else if (S_ISREG(st.st_mode)) {
-        q->file_size = (uint64_t)st.st_size;
-    } else {
-        p2v_err_set(err, EINVAL, "'%s' is neither a regular file nor a block device",
-                    d->path);
-        goto out;
-    }
-    /* the header cluster: its first bytes say how large it is */
-    size_t hlen = (size_t)P2V_MIN(q->file_size, (uint64_t)4096);
-    head = malloc(4096);
-    if (!head) {
-        p2v_err_set(err, ENOMEM, "out of memory");
-        goto out;
-    }
-    if (qcow2_read_exact(q, head, hlen, 0, err) < 0)
-        goto out;
-    if (hlen >= 24) {
-        uint32_t cb = p2v_get_u32be(head + 20);
-        if (cb > 12 && cb <= QCOW2_CLUSTER_BITS_MAX) {
-            size_t want = (size_t)P2V_MIN(q->file_size, (uint64_t)1 << cb);
-            uint8_t *p = realloc(head, want);
-            if (!p) {
-                p2v_err_set(err, ENOMEM, "out of memory");
-                goto out;
-            }
-            head = p;
-            if (qcow2_read_exact(q, head + hlen, want - hlen, hlen, err) < 0)
-                goto out;
-            hlen = want;
-        }
-    }
     if (qcow2_header_parse(head, hlen, d->path, &q->h, err) < 0)
         goto out;
     if ((q->h.incompatible & QCOW2_INCOMPAT_DIRTY) && !(flags & DISKFMT_ALLOW_DIRTY)) {

@@ -254,6 +254,9 @@ void qcow2_free(struct qcow2 *q);
 /* Allocate the state common to reading and writing: the L1 table of @l1_size entries and
  * the L2 cache. q->cs / q->cb / q->l must be set. */
 int qcow2_alloc_state(struct qcow2 *q, struct p2v_err *err);
+int qcow2_open_file(struct qcow2 *q, int oflags, bool allow_blk, struct p2v_err *err);
+int qcow2_read_header_cluster(struct qcow2 *q, uint8_t **out, size_t *out_len,
+                              struct p2v_err *err);
 int qcow2_read_exact(struct qcow2 *q, void *buf, size_t len, uint64_t off,
                      struct p2v_err *err);
 int qcow2_write_exact(struct qcow2 *q, const void *buf, size_t len, uint64_t off,
