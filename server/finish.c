@@ -9,6 +9,9 @@
  * The journals (and in-progress images) are removed only after every rename and after
  * job.json says "received", so a server that dies on the way redoes the step at the next
  * DONE (a closed but not yet renamed image is recognised and only renamed).
+ * Between the renames and job.json, the VM configurations are written into the job's
+ * vm/ folder (vmconfig.h); their failure is recorded, never fatal: the disks are what
+ * the capture was for.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -23,6 +26,7 @@
 
 #include "diskfmt.h"
 #include "server.h"
+#include "vmconfig.h"
 
 #define FINISH_CHUNK (4u << 20)
 
@@ -136,6 +140,96 @@ out:
     return r;
 }
 
+/* The job's VM spec (its facts.json, else the defaults; named after the job id; its final
+ * images as disks) written into STORE/jobs/ID/vm/. 0 / -1. */
+static int job_vmconfig(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
+                        struct p2v_err *err)
+{
+    struct vm_spec spec;
+    struct p2v_buf facts = P2V_BUF_INIT;
+    char dir[PATH_MAX], path[PATH_MAX];
+    struct p2v_err e = {0};
+    int r = -1;
+    vm_spec_init(&spec);
+    p2v_buf_init(&facts, VM_FACTS_MAX + 1);
+    if (srv_read_file_at(job->dirfd, "facts.json", VM_FACTS_MAX, &facts, &e) == 0) {
+        if (vm_spec_from_facts(&spec, (const char *)facts.data, facts.len, &e) < 0) {
+            srv_job_log(job, "vm: facts.json is not usable, using defaults: %s", e.msg);
+            vm_spec_release(&spec);
+        }
+    } else {
+        srv_job_log(job, "vm: no facts (%s), using defaults", e.msg);
+    }
+    if (spec.nnics == 0 && vm_spec_add_random_nic(&spec, err) < 0)
+        goto out;
+    if (vm_spec_set_name(&spec, job->id, err) < 0)
+        goto out;
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
+        if (!job->disks[i].known)
+            continue;
+        if ((size_t)snprintf(path, sizeof path, "%s/jobs/%s/disk%u.%s", st->path, job->id, i,
+                             job->format) >= sizeof path) {
+            p2v_err_set(err, ENAMETOOLONG, "path too long");
+            goto out;
+        }
+        if (vm_spec_add_disk(&spec, path, job->format, err) < 0)
+            goto out;
+    }
+    if ((size_t)snprintf(dir, sizeof dir, "%s/jobs/%s/vm", st->path, job->id) >= sizeof dir) {
+        p2v_err_set(err, ENAMETOOLONG, "path too long");
+        goto out;
+    }
+    struct stat sb;
+    if (mkdirat(job->dirfd, "vm", 0700) < 0 && errno != EEXIST) {
+        p2v_err_errno(err, "cannot make '%s'", dir);
+        goto out;
+    }
+    /* written by path from here on: it must be our folder, not a link out of the job */
+    if (fstatat(job->dirfd, "vm", &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(sb.st_mode)) {
+        p2v_err_set(err, ENOTDIR, "'%s' is not a folder", dir);
+        goto out;
+    }
+    struct vmconfig_opts o = {
+        .outputs = VM_OUT_LIBVIRT | VM_OUT_QEMU,
+        .use_vmdk_in_place = true,
+        .stop = stop,
+    };
+    if (strcmp(job->format, "vmdk") == 0)
+        o.outputs |= VM_OUT_VMX | VM_OUT_OVF;
+    struct p2v_buf written = P2V_BUF_INIT;
+    p2v_buf_init(&written, 0);
+    r = vmconfig_write(&spec, dir, &o, &written, err);
+    if (r == 0) {
+        const char *list = p2v_buf_cstr(&written);
+        for (const char *p = list; p && *p;) {
+            size_t n = strcspn(p, "\n");
+            srv_job_log(job, "vm: wrote 'vm/%.*s'", (int)n, p);
+            p += n + (p[n] == '\n');
+        }
+    }
+    p2v_buf_release(&written);
+out:
+    p2v_buf_release(&facts);
+    vm_spec_release(&spec);
+    return r;
+}
+
+void srv_job_write_vmconfig(struct srv_store *st, struct srv_job *job,
+                            const atomic_bool *stop)
+{
+    struct p2v_err err = {0};
+    if (job_vmconfig(st, job, stop, &err) < 0) {
+        snprintf(job->vmconfig, sizeof job->vmconfig, "failed");
+        snprintf(job->vmconfig_error, sizeof job->vmconfig_error, "%s", err.msg);
+        srv_job_log(job, "vm: the VM configurations were not written: %s", err.msg);
+        srv_store_log(st, P2V_LOG_WARN, "job '%s': the VM configurations were not written: %s",
+                      job->id, err.msg);
+        return;
+    }
+    snprintf(job->vmconfig, sizeof job->vmconfig, "written");
+    job->vmconfig_error[0] = '\0';
+}
+
 int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
                    struct p2v_err *err)
 {
@@ -202,6 +296,8 @@ int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool 
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++)
         if (job->disks[i].jr.fd >= 0)
             job->disks[i].committed = srv_ranges_bytes(&job->disks[i].jr.committed);
+    /* the images are in place: now the VM configurations (never fatal) */
+    srv_job_write_vmconfig(st, job, stop);
     snprintf(final, sizeof final, "job.json");
     job->state = JOB_RECEIVED;
     job->failed_stage[0] = job->reason[0] = '\0';

@@ -9,7 +9,10 @@ libp2vserver_la_SOURCES = \
 	server/session.c \
 	server/finish.c \
 	server/run.c \
-	server/status.c
+	server/status.c \
+	server/vmconfig.h \
+	server/vmconfig.c \
+	server/ova.c
 libp2vserver_la_CPPFLAGS = $(AM_CPPFLAGS) $(OPENSSL_CFLAGS) $(ZSTD_CFLAGS) $(ZLIB_CFLAGS)
 SERVER_LIBS = libp2vserver.la libdiskfmt.la libp2vcommon.la $(OPENSSL_LIBS) $(ZSTD_LIBS) \
 	$(ZLIB_LIBS) $(VHDI_LIBS) -lm
@@ -23,7 +26,8 @@ dist_man_MANS += docs/man/p2v-server.1
 # Unit tests (tests/unit/server/).
 SERVER_UNIT_TESTS = \
 	tests/unit/server/test-journal \
-	tests/unit/server/test-store
+	tests/unit/server/test-store \
+	tests/unit/server/test-vmconfig
 check_PROGRAMS += $(SERVER_UNIT_TESTS)
 tests_unit_server_test_journal_SOURCES = tests/unit/server/test-journal.c
 tests_unit_server_test_journal_CPPFLAGS = $(UNIT_CPPFLAGS) -I$(top_srcdir)/server
@@ -31,9 +35,16 @@ tests_unit_server_test_journal_LDADD = $(SERVER_LIBS)
 tests_unit_server_test_store_SOURCES = tests/unit/server/test-store.c
 tests_unit_server_test_store_CPPFLAGS = $(UNIT_CPPFLAGS) -I$(top_srcdir)/server
 tests_unit_server_test_store_LDADD = $(SERVER_LIBS)
+tests_unit_server_test_vmconfig_SOURCES = tests/unit/server/test-vmconfig.c
+tests_unit_server_test_vmconfig_CPPFLAGS = $(UNIT_CPPFLAGS) -I$(top_srcdir)/server
+tests_unit_server_test_vmconfig_LDADD = $(SERVER_LIBS)
 TESTS += $(SERVER_UNIT_TESTS)
 
 # Integration tests of the program (run in the sanitizer build too).
-SERVER_TESTS = tests/integration/server-basic.sh
+SERVER_TESTS = \
+	tests/integration/server-basic.sh \
+	tests/integration/vmconfig.sh \
+	tests/integration/vmconfig-job.sh
 TESTS += $(SERVER_TESTS)
 EXTRA_DIST += $(SERVER_TESTS)
+

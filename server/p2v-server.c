@@ -17,8 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "diskfmt.h"
 #include "p2v-tls.h"
 #include "server.h"
+#include "vmconfig.h"
 
 #define EXIT_USAGE 2
 #define TOKEN_BYTES 32
@@ -33,6 +35,7 @@ static void usage_main(FILE *fp)
             "join token\n"
             "  run --store DIR [--listen HOST:PORT] ... receive captures from p2v-agent\n"
             "  status --store DIR [--json] [JOB]        show the jobs of a store\n"
+            "  vmconfig --disk PATH --out DIR ...       VM configurations for captured disks\n"
             "\n"
             "'p2v-server COMMAND --help' describes a command's options. See p2v-server(1).\n"
             "exit status: 0 ok, 1 failure, 2 usage error.\n");
@@ -85,6 +88,33 @@ static void usage_status(FILE *fp)
             "\n"
             "  --store DIR   the store folder\n"
             "  --json        print {\"jobs\": [job.json objects]} (with JOB: that object)\n");
+}
+
+static void usage_vmconfig(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server vmconfig --disk PATH [--disk PATH ...] --out DIR\n"
+            "                           [--facts FILE] [--format FMT] [--name NAME]\n"
+            "                           [--memory MIB] [--cpus N] [--outputs LIST] [--json]\n"
+            "\n"
+            "Write the configurations that run a captured machine: from its facts (the\n"
+            "agent's facts.json: CPUs, memory, firmware, NICs and their MACs, OS) and its\n"
+            "disks. Files are named after the machine (sanitised); they are written under\n"
+            "temporary names and renamed at the end, so a failure leaves none.\n"
+            "\n"
+            "  --disk PATH     a disk image, in boot order (repeatable, up to 16)\n"
+            "  --format FMT    the format of the --disk options that follow it: raw, qcow2,\n"
+            "                  vmdk, vhd, vhdx, or auto (default: probed by content)\n"
+            "  --out DIR       the output folder (made when missing)\n"
+            "  --facts FILE    the machine's facts (without: 2 CPUs, 2048 MiB, BIOS and one\n"
+            "                  NIC with a random 52:54:00 MAC)\n"
+            "  --name NAME     the VM's name (default: the facts' name, else \"vm\")\n"
+            "  --memory MIB    memory in MiB (64..1048576), instead of the facts'\n"
+            "  --cpus N        virtual CPUs (1..255), instead of the facts'\n"
+            "  --outputs LIST  comma-separated: libvirt (NAME.xml), qemu (NAME.sh), vmx\n"
+            "                  (NAME.vmx + VMDKs), ovf (NAME.ovf, NAME.mf, streamOptimized\n"
+            "                  VMDKs), ova (NAME.ova), or all (default: libvirt,qemu)\n"
+            "  --json          print {\"name\", \"out\", \"files\"} as JSON\n");
 }
 
 static int usage_error(const char *cmd, const char *fmt, ...)
@@ -357,12 +387,213 @@ static int cmd_status(int argc, char **argv)
     return srv_status(store, json, optind < argc ? argv[optind] : NULL);
 }
 
+/* ---------------------------------------------------------------- vmconfig */
+
+/* A whole small file (facts), at most @max bytes. 0 / -1. */
+static int read_small_file(const char *path, size_t max, struct p2v_buf *out,
+                           struct p2v_err *err)
+{
+    FILE *fp = fopen(path, "rbe");
+    int r = -1;
+    if (!fp)
+        return p2v_err_errno(err, "cannot open '%s'", path);
+    for (;;) {
+        uint8_t *p = p2v_buf_extend(out, 4096);
+        if (!p) {
+            p2v_err_set(err, EFBIG, "'%s' is larger than %zu bytes", path, max);
+            goto out;
+        }
+        size_t n = fread(p, 1, 4096, fp);
+        out->len -= 4096 - n;
+        if (n < 4096) {
+            if (ferror(fp)) {
+                p2v_err_errno(err, "cannot read '%s'", path);
+                goto out;
+            }
+            break;
+        }
+    }
+    if (out->len > max) {
+        p2v_err_set(err, EFBIG, "'%s' is larger than %zu bytes", path, max);
+        goto out;
+    }
+    r = 0;
+out:
+    fclose(fp);
+    return r;
+}
+
+static int parse_uint(const char *s, unsigned long long lo, unsigned long long hi,
+                      unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int cmd_vmconfig(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"facts", required_argument, NULL, 'F'},
+        {"disk", required_argument, NULL, 'd'},
+        {"format", required_argument, NULL, 'f'},
+        {"out", required_argument, NULL, 'o'},
+        {"name", required_argument, NULL, 'n'},
+        {"memory", required_argument, NULL, 'm'},
+        {"cpus", required_argument, NULL, 'c'},
+        {"outputs", required_argument, NULL, 'O'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *facts = NULL, *out = NULL, *name = NULL, *format = NULL;
+    const char *disks[VM_DISKS_MAX], *formats[VM_DISKS_MAX];
+    unsigned ndisks = 0, outputs = VM_OUT_DEFAULT;
+    unsigned long long memory = 0, cpus = 0;
+    bool json = false, made = false;
+    struct p2v_err err = {0};
+    int c, rc = 1;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'F': facts = optarg; break;
+        case 'd':
+            if (ndisks >= VM_DISKS_MAX)
+                return usage_error("vmconfig ", "more than %d --disk", VM_DISKS_MAX);
+            formats[ndisks] = format;
+            disks[ndisks++] = optarg;
+            break;
+        case 'f': {
+            bool known = strcmp(optarg, "auto") == 0;
+            for (const char *const *n = diskfmt_format_names(); *n; n++)
+                known |= strcmp(*n, optarg) == 0;
+            if (!known)
+                return usage_error("vmconfig ", "unknown format '%s'", optarg);
+            format = strcmp(optarg, "auto") == 0 ? NULL : optarg;
+            break;
+        }
+        case 'o': out = optarg; break;
+        case 'n': name = optarg; break;
+        case 'm':
+            if (parse_uint(optarg, VM_MEMORY_MIB_MIN_OVERRIDE, VM_MEMORY_MIB_MAX_OVERRIDE,
+                           &memory) < 0)
+                return usage_error("vmconfig ", "--memory '%s' is not a number of MiB from %u "
+                                   "to %u", optarg, VM_MEMORY_MIB_MIN_OVERRIDE,
+                                   VM_MEMORY_MIB_MAX_OVERRIDE);
+            break;
+        case 'c':
+            if (parse_uint(optarg, 1, VM_CPUS_MAX_OVERRIDE, &cpus) < 0)
+                return usage_error("vmconfig ", "--cpus '%s' is not a number from 1 to %d",
+                                   optarg, VM_CPUS_MAX_OVERRIDE);
+            break;
+        case 'O':
+            if (vmconfig_parse_outputs(optarg, &outputs, &err) < 0)
+                return usage_error("vmconfig ", "--outputs: %s", err.msg);
+            break;
+        case 'j': json = true; break;
+        case 'h': usage_vmconfig(stdout); return 0;
+        default: return bad_option("vmconfig ", c, argv);
+        }
+    }
+    if (optind != argc)
+        return usage_error("vmconfig ", "unexpected argument '%s'", argv[optind]);
+    if (!out)
+        return usage_error("vmconfig ", "--out DIR is required");
+    if (ndisks == 0)
+        return usage_error("vmconfig ", "at least one --disk PATH is required");
+
+    struct vm_spec spec;
+    struct p2v_buf text = P2V_BUF_INIT, written = P2V_BUF_INIT;
+    vm_spec_init(&spec);
+    p2v_buf_init(&text, VM_FACTS_MAX + 4096);
+    p2v_buf_init(&written, 0);
+    /* everything is checked before the output folder is touched */
+    if (facts) {
+        if (read_small_file(facts, VM_FACTS_MAX, &text, &err) < 0) {
+            p2v_error("%s", err.msg);
+            goto out;
+        }
+        if (vm_spec_from_facts(&spec, (const char *)text.data, text.len, &err) < 0) {
+            p2v_error("'%s': %s", facts, err.msg);
+            goto out;
+        }
+    } else if (vm_spec_add_random_nic(&spec, &err) < 0) {
+        p2v_error("%s", err.msg);
+        goto out;
+    }
+    if (name && vm_spec_set_name(&spec, name, &err) < 0) {
+        p2v_error("%s", err.msg);
+        goto out;
+    }
+    if (memory)
+        spec.memory_mib = memory;
+    if (cpus)
+        spec.cpus = (unsigned)cpus;
+    for (unsigned i = 0; i < ndisks; i++) {
+        if (vm_spec_add_disk(&spec, disks[i], formats[i], &err) < 0) {
+            p2v_error("%s", err.msg);
+            goto out;
+        }
+    }
+    if (mkdir(out, 0755) == 0)
+        made = true;
+    else if (errno != EEXIST) {
+        p2v_error("cannot make the output folder '%s': %s", out, strerror(errno));
+        goto out;
+    }
+    struct vmconfig_opts o = {.outputs = outputs};
+    if (vmconfig_write(&spec, out, &o, &written, &err) < 0) {
+        p2v_error("%s", err.msg);
+        if (made)
+            rmdir(out);
+        goto out;
+    }
+    const char *list = p2v_buf_cstr(&written);
+    if (json) {
+        struct p2v_buf b;
+        struct p2v_json j;
+        char *abs = realpath(out, NULL);
+        p2v_buf_init(&b, 0);
+        p2v_json_init(&j, &b, false);
+        p2v_json_object_begin(&j);
+        p2v_json_kv_string(&j, "name", spec.name);
+        p2v_json_kv_string(&j, "out", abs ? abs : out);
+        p2v_json_key(&j, "files");
+        p2v_json_array_begin(&j);
+        for (const char *p = list; p && *p;) {
+            size_t n = strcspn(p, "\n");
+            p2v_json_stringn(&j, p, n);
+            p += n + (p[n] == '\n');
+        }
+        p2v_json_array_end(&j);
+        p2v_json_object_end(&j);
+        printf("%s\n", p2v_buf_cstr(&b));
+        p2v_buf_release(&b);
+        free(abs);
+    } else {
+        for (const char *p = list; p && *p;) {
+            size_t n = strcspn(p, "\n");
+            printf("%s/%.*s\n", out, (int)n, p);
+            p += n + (p[n] == '\n');
+        }
+    }
+    rc = fflush(stdout) == 0 ? 0 : 1;
+out:
+    p2v_buf_release(&text);
+    p2v_buf_release(&written);
+    vm_spec_release(&spec);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     p2v_log_init("p2v-server");
     opterr = 0;
     if (argc < 2)
-        return usage_error("", "a command is required (init, run or status)");
+        return usage_error("", "a command is required (init, run, status or vmconfig)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage_main(stdout);
@@ -380,5 +611,7 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "vmconfig") == 0)
+        return cmd_vmconfig(argc - 1, argv + 1);
     return usage_error("", "unknown command '%s'", cmd);
 }

@@ -226,6 +226,10 @@ struct srv_job {
     unsigned rate_n;
     double last_save;
     struct srv_store *store;     /* for the space reserve (NULL in tests) */
+    /* the VM configurations of a received job (vm/, finish.c): "written", "failed" or
+     * "" (not tried), and why they failed */
+    char vmconfig[16];
+    char vmconfig_error[P2V_ERR_MSG_MAX];
 };
 
 uint64_t srv_job_bytes_total(const struct srv_job *job);
@@ -317,10 +321,19 @@ struct srv_job *srv_job_load(struct srv_store *st, const char *id, struct p2v_er
 
 /* Write the final images of a received job from its in-progress images (see finish.c).
  * @stop is polled between blocks: when it turns true the function fails with ECANCELED.
- * On success the journals (and leftover images) are removed and the state is
- * "received". */
+ * Once the images are in place, the VM configurations are written into the job's vm/
+ * folder (srv_job_write_vmconfig). On success the journals (and leftover images) are
+ * removed and the state is "received". */
 int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
                    struct p2v_err *err);
+
+/* Write the VM configurations of a job whose final images are in place into
+ * STORE/jobs/ID/vm/: NAME.xml (libvirt) and NAME.sh (QEMU), plus NAME.vmx and NAME.ovf
+ * referring to the job's own VMDKs when its format is vmdk; NAME is the job id. The
+ * machine's facts.json is used when it is there and valid (else the defaults). Never
+ * fails the job: the outcome goes to job->vmconfig / vmconfig_error and job.log. */
+void srv_job_write_vmconfig(struct srv_store *st, struct srv_job *job,
+                            const atomic_bool *stop);
 
 /* Close and remove a job's in-progress images and journals (after its images are
  * written). */

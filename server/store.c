@@ -512,6 +512,10 @@ int srv_job_to_json(const struct srv_job *job, struct p2v_buf *out)
     p2v_json_kv_string(&j, "failed-stage",
                        job->state == JOB_FAILED ? job->failed_stage : NULL);
     p2v_json_kv_string(&j, "reason", job->state == JOB_FAILED ? job->reason : NULL);
+    /* the VM configurations in vm/ (finish.c): "written", "failed" or null */
+    p2v_json_kv_string(&j, "vmconfig", job->vmconfig[0] ? job->vmconfig : NULL);
+    p2v_json_kv_string(&j, "vmconfig-error",
+                       job->vmconfig_error[0] ? job->vmconfig_error : NULL);
     p2v_json_kv_string(&j, "format", job->format);
     p2v_json_kv_string(&j, "created", created);
     p2v_json_kv_string(&j, "updated", updated);
@@ -619,8 +623,10 @@ int srv_job_from_json(const char *text, size_t len, struct srv_job *job, struct 
         BAD("unknown state '%s'", state);
     if (!get_str(v, "failed-stage", x.failed_stage, sizeof x.failed_stage, true) ||
         !get_str(v, "reason", x.reason, sizeof x.reason, true) ||
-        !get_str(v, "agent", x.agent, sizeof x.agent, true))
-        BAD("bad \"failed-stage\", \"reason\" or \"agent\"");
+        !get_str(v, "agent", x.agent, sizeof x.agent, true) ||
+        !get_str(v, "vmconfig", x.vmconfig, sizeof x.vmconfig, true) ||
+        !get_str(v, "vmconfig-error", x.vmconfig_error, sizeof x.vmconfig_error, true))
+        BAD("bad \"failed-stage\", \"reason\", \"agent\" or \"vmconfig\"");
     if (!get_str(v, "format", x.format, sizeof x.format, false) ||
         (strcmp(x.format, "qcow2") && strcmp(x.format, "vmdk") && strcmp(x.format, "raw")))
         BAD("bad \"format\"");
