@@ -227,5 +227,13 @@ bool p2v_proto_err_retryable(uint16_t code);
 int p2v_hash(enum p2v_hash_algo algo, const void *data, size_t len,
              uint8_t out[P2V_PROTO_HASH_LEN]);
 const char *p2v_hash_name(enum p2v_hash_algo algo);
+/* The same digests over a stream: new, update as often as needed, final (which writes
+ * the first 32 bytes and makes the context ready for the next stream), free. NULL or -1
+ * with errno on failure. */
+struct p2v_digest;
+struct p2v_digest *p2v_digest_new(enum p2v_hash_algo algo);
+int p2v_digest_update(struct p2v_digest *d, const void *data, size_t len);
+int p2v_digest_final(struct p2v_digest *d, uint8_t out[P2V_PROTO_HASH_LEN]);
+void p2v_digest_free(struct p2v_digest *d);
 
 #endif /* P2V_PROTO_H */

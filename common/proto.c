@@ -19,7 +19,6 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 #include <zstd.h>
 
 #include "p2v-proto.h"
@@ -773,38 +772,4 @@ int p2v_proto_put_error(struct p2v_buf *out, uint16_t code, const char *text)
         return -1;
     int r = p2v_buf_put_u16be(out, code) < 0 || put_str(out, text) < 0 ? -1 : 0;
     return frame_end(out, start, r);
-}
-
-/* ---------------------------------------------------------------- hashes */
-
-/* Fetched once: an implicit fetch per call (EVP_sha256()) would look the provider up
- * every time, under a lock shared by every hashing thread. */
-static pthread_once_t md_once = PTHREAD_ONCE_INIT;
-static EVP_MD *md_sha256, *md_blake2b;
-
-static void md_init(void)
-{
-    md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    md_blake2b = EVP_MD_fetch(NULL, "BLAKE2B-512", NULL);
-}
-
-int p2v_hash(enum p2v_hash_algo algo, const void *data, size_t len,
-             uint8_t out[P2V_PROTO_HASH_LEN])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    const EVP_MD *type;
-
-    pthread_once(&md_once, md_init);
-    switch (algo) {
-    case P2V_HASH_SHA256: type = md_sha256 ? md_sha256 : EVP_sha256(); break;
-    case P2V_HASH_BLAKE2B: type = md_blake2b ? md_blake2b : EVP_blake2b512(); break;
-    default: errno = EINVAL; return -1;
-    }
-    if (!EVP_Digest(len ? data : "", len, md, &n, type, NULL) || n < P2V_PROTO_HASH_LEN) {
-        errno = EIO;
-        return -1;
-    }
-    memcpy(out, md, P2V_PROTO_HASH_LEN);
-    return 0;
 }

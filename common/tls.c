@@ -1,5 +1,6 @@
 /* tls.c: TLS 1.3 with a pinned self-signed server certificate, TCP sockets, and framed
- * I/O (common/p2v-tls.h). Every OpenSSL call of the network code lives here.
+ * I/O (common/p2v-tls.h), and the content hashes (p2v_hash, p2v_digest_*: p2v-proto.h).
+ * Every OpenSSL call of p2vkit lives here.
  *
  * - Identity: an EC P-256 key and a self-signed X.509 certificate (SHA-256 signature,
  *   random 127-bit serial, 10 years), written through a temporary file and a rename.
@@ -38,6 +39,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "p2v-proto.h"
 #include "p2v-tls.h"
 
 #define FP_PREFIX "SHA256:"
@@ -1067,4 +1069,102 @@ int p2v_tcp_local_port(int fd)
     if (ss.ss_family == AF_INET6)
         return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     return -1;
+}
+
+/* ---------------------------------------------------------------- hashes */
+
+/* Fetched once: an implicit fetch per call (EVP_sha256()) would look the provider up
+ * every time, under a lock shared by every hashing thread. */
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static EVP_MD *md_sha256, *md_blake2b;
+
+static void md_init(void)
+{
+    md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    md_blake2b = EVP_MD_fetch(NULL, "BLAKE2B-512", NULL);
+}
+
+static const EVP_MD *md_type(enum p2v_hash_algo algo)
+{
+    pthread_once(&md_once, md_init);
+    switch (algo) {
+    case P2V_HASH_SHA256: return md_sha256 ? md_sha256 : EVP_sha256();
+    case P2V_HASH_BLAKE2B: return md_blake2b ? md_blake2b : EVP_blake2b512();
+    default: return NULL;
+    }
+}
+
+int p2v_hash(enum p2v_hash_algo algo, const void *data, size_t len,
+             uint8_t out[P2V_PROTO_HASH_LEN])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    const EVP_MD *type = md_type(algo);
+    if (!type) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!EVP_Digest(len ? data : "", len, md, &n, type, NULL) || n < P2V_PROTO_HASH_LEN) {
+        errno = EIO;
+        return -1;
+    }
+    memcpy(out, md, P2V_PROTO_HASH_LEN);
+    return 0;
+}
+
+struct p2v_digest {
+    EVP_MD_CTX *ctx;
+    const EVP_MD *type;
+};
+
+struct p2v_digest *p2v_digest_new(enum p2v_hash_algo algo)
+{
+    const EVP_MD *type = md_type(algo);
+    if (!type) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct p2v_digest *d = calloc(1, sizeof *d);
+    if (!d || !(d->ctx = EVP_MD_CTX_new())) {
+        free(d);
+        errno = ENOMEM;
+        return NULL;
+    }
+    d->type = type;
+    if (EVP_DigestInit_ex(d->ctx, type, NULL) != 1) {
+        p2v_digest_free(d);
+        errno = EIO;
+        return NULL;
+    }
+    return d;
+}
+
+int p2v_digest_update(struct p2v_digest *d, const void *data, size_t len)
+{
+    if (EVP_DigestUpdate(d->ctx, data, len) != 1) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+int p2v_digest_final(struct p2v_digest *d, uint8_t out[P2V_PROTO_HASH_LEN])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(d->ctx, md, &n) != 1 || n < P2V_PROTO_HASH_LEN ||
+        EVP_DigestInit_ex(d->ctx, d->type, NULL) != 1) {
+        errno = EIO;
+        return -1;
+    }
+    memcpy(out, md, P2V_PROTO_HASH_LEN);
+    return 0;
+}
+
+void p2v_digest_free(struct p2v_digest *d)
+{
+    if (!d)
+        return;
+    EVP_MD_CTX_free(d->ctx);
+    free(d);
 }

@@ -5,8 +5,7 @@
  * lie wholly inside a skip range, and reads runs of contiguous chunks with one large
  * preadv (up to PIPE_READ_MAX bytes, ending on a PIPE_READ_MAX boundary) straight into
  * the chunk slots. Worker threads take the slots from a FIFO and do the CPU work: zero
- * detection, the content hash (OpenSSL EVP, one context per worker, the digest fetched
- * once) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
+ * detection, the content hash (common's p2v_digest: one context per worker) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
  * data from costing a compression attempt). The level is an atomic that each worker reads
  * once per chunk, so an adaptive pipeline's caller can change it at any time
  * (imager_pipeline_set_level(); 0 stores chunks uncompressed); the chunk says which
@@ -41,10 +40,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 #include <zstd.h>
 
 #include "imager.h"
+#include "p2v-proto.h"
 
 #define PIPE_READ_MAX (4u << 20)      /* bytes per large read */
 #define PIPE_BATCH_MAX 256            /* chunks per large read (iovecs; < IOV_MAX) */
@@ -95,7 +94,7 @@ struct pipe_worker {
     struct imager_pipeline *p;
     pthread_t tid;
     bool started;
-    EVP_MD_CTX *mdctx;
+    struct p2v_digest *dg; /* NULL: no hashing */
     ZSTD_CCtx *cctx;
 };
 
@@ -117,7 +116,6 @@ struct imager_pipeline {
     int retries;
     bool skip_bad;
     size_t batch_max;
-    EVP_MD *md;
 
     /* shared, under lock */
     pthread_mutex_t lock;
@@ -154,28 +152,12 @@ struct imager_pipeline {
 
 /* ------------------------------------------------------------------ hashes */
 
-static const char *pipe_hash_md_name(enum imager_hash h)
-{
-    switch (h) {
-    case IMAGER_HASH_SHA256:
-        return "SHA256";
-    case IMAGER_HASH_BLAKE2B:
-        return "BLAKE2B-512"; /* truncated to its first 32 bytes (protocol HELLO) */
-    }
-    return NULL;
-}
-
-/* Digest @len bytes with a prepared context; the first 32 bytes of the digest. */
-static int pipe_digest(EVP_MD_CTX *ctx, const EVP_MD *md, const void *data, size_t len,
+/* The first 32 bytes of the digest of @len bytes (enum imager_hash and enum
+ * p2v_hash_algo share their values). */
+static int pipe_digest(struct p2v_digest *dg, const void *data, size_t len,
                        uint8_t out[PIPE_HASH_LEN])
 {
-    uint8_t full[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (EVP_DigestInit_ex2(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, data, len) != 1 ||
-        EVP_DigestFinal_ex(ctx, full, &n) != 1 || n < PIPE_HASH_LEN)
-        return -1;
-    memcpy(out, full, PIPE_HASH_LEN);
-    return 0;
+    return p2v_digest_update(dg, data, len) < 0 || p2v_digest_final(dg, out) < 0 ? -1 : 0;
 }
 
 /* Seconds one digest of @len bytes takes (the best of two runs); < 0 on failure. */
@@ -183,15 +165,12 @@ static double pipe_hash_time(enum imager_hash h, const uint8_t *buf, size_t len)
 {
     double best = -1;
     uint8_t out[PIPE_HASH_LEN];
-    EVP_MD *md = EVP_MD_fetch(NULL, pipe_hash_md_name(h), NULL);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!md || !ctx)
-        goto out;
-    if (pipe_digest(ctx, md, buf, 64 * 1024, out) < 0) /* warm up */
+    struct p2v_digest *dg = p2v_digest_new((enum p2v_hash_algo)h);
+    if (!dg || pipe_digest(dg, buf, 64 * 1024, out) < 0) /* warm up */
         goto out;
     for (int i = 0; i < 2; i++) {
         double t0 = p2v_now();
-        if (pipe_digest(ctx, md, buf, len, out) < 0) {
+        if (pipe_digest(dg, buf, len, out) < 0) {
             best = -1;
             goto out;
         }
@@ -200,8 +179,7 @@ static double pipe_hash_time(enum imager_hash h, const uint8_t *buf, size_t len)
             best = t;
     }
 out:
-    EVP_MD_CTX_free(ctx);
-    EVP_MD_free(md);
+    p2v_digest_free(dg);
     return best;
 }
 
@@ -517,7 +495,7 @@ static void pipe_process(struct pipe_worker *w, struct pipe_slot *s)
     /* one read per chunk: the caller may change it meanwhile (adaptive pipelines) */
     const int level = __atomic_load_n(&p->level, __ATOMIC_RELAXED);
     s->level = level;
-    if (p->md && pipe_digest(w->mdctx, p->md, s->data, s->len, s->hash) < 0) {
+    if (w->dg && pipe_digest(w->dg, s->data, s->len, s->hash) < 0) {
         s->failed = true;
         p2v_err_set(&s->err, ENOMEM, "cannot hash %u bytes at offset %llu of '%s' (openssl)",
                     s->len, (unsigned long long)s->off, p->path);
@@ -658,7 +636,7 @@ void imager_pipeline_free(struct imager_pipeline *p)
             struct pipe_worker *w = &p->workers[i];
             if (w->started)
                 pthread_join(w->tid, NULL);
-            EVP_MD_CTX_free(w->mdctx);
+            p2v_digest_free(w->dg);
             ZSTD_freeCCtx(w->cctx);
         }
         free(p->workers);
@@ -677,7 +655,6 @@ void imager_pipeline_free(struct imager_pipeline *p)
         pthread_cond_destroy(&p->cond_work);
         pthread_cond_destroy(&p->cond_done);
     }
-    EVP_MD_free(p->md);
     free(p->order);
     free(p->bad);
     free(p->path);
@@ -707,7 +684,8 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
                     opts->threads, PIPE_THREADS_MAX);
         goto out;
     }
-    if (opts->hash != 0 && !pipe_hash_md_name(opts->hash)) {
+    if (opts->hash != 0 && opts->hash != IMAGER_HASH_SHA256 &&
+        opts->hash != IMAGER_HASH_BLAKE2B) {
         p2v_err_set(err, EINVAL, "'%s': unknown hash algorithm %d", path, (int)opts->hash);
         goto out;
     }
@@ -759,12 +737,6 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
     pthread_cond_init(&p->cond_done, NULL);
     p->sync_ready = true;
 
-    if (p->hash && !(p->md = EVP_MD_fetch(NULL, pipe_hash_md_name(p->hash), NULL))) {
-        p2v_err_set(err, ENOSYS, "'%s': openssl has no %s digest", path,
-                    pipe_hash_md_name(p->hash));
-        goto out;
-    }
-
     p->slots = calloc(p->nslots, sizeof(*p->slots));
     p->order = calloc(p->nslots, sizeof(*p->order));
     p->workers = calloc((size_t)p->nworkers, sizeof(*p->workers));
@@ -785,8 +757,11 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
     for (int i = 0; i < p->nworkers; i++) {
         struct pipe_worker *w = &p->workers[i];
         w->p = p;
-        if (p->md && !(w->mdctx = EVP_MD_CTX_new()))
-            goto nomem;
+        if (p->hash && !(w->dg = p2v_digest_new((enum p2v_hash_algo)p->hash))) {
+            p2v_err_errno(err, "'%s': no %s digest", path,
+                          p2v_hash_name((enum p2v_hash_algo)p->hash));
+            goto out;
+        }
         if ((p->level || p->adaptive) && !(w->cctx = ZSTD_createCCtx()))
             goto nomem;
     }

@@ -18,7 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 #include "diskfmt.h"
 #include "server.h"
@@ -248,16 +247,11 @@ static int sha256_file(struct vm_txn *t, const char *name, uint8_t out[32], uint
                        struct p2v_err *err)
 {
     int fd = openat(t->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), r = -1;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    struct p2v_digest *ctx = p2v_digest_new(P2V_HASH_SHA256);
     uint8_t *buf = malloc(VM_COPY_CHUNK);
     uint64_t total = 0;
-    unsigned len = 0;
     if (fd < 0 || !ctx || !buf) {
         p2v_err_errno(err, "cannot read '%s/%s'", t->outdir, name);
-        goto out;
-    }
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-        p2v_err_set(err, EIO, "SHA-256 is not available");
         goto out;
     }
     for (;;) {
@@ -270,13 +264,13 @@ static int sha256_file(struct vm_txn *t, const char *name, uint8_t out[32], uint
         }
         if (n == 0)
             break;
-        if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
+        if (p2v_digest_update(ctx, buf, (size_t)n) < 0) {
             p2v_err_set(err, EIO, "SHA-256 failed");
             goto out;
         }
         total += (uint64_t)n;
     }
-    if (EVP_DigestFinal_ex(ctx, out, &len) != 1 || len != 32) {
+    if (p2v_digest_final(ctx, out) < 0) {
         p2v_err_set(err, EIO, "SHA-256 failed");
         goto out;
     }
@@ -284,7 +278,7 @@ static int sha256_file(struct vm_txn *t, const char *name, uint8_t out[32], uint
     r = 0;
 out:
     free(buf);
-    EVP_MD_CTX_free(ctx);
+    p2v_digest_free(ctx);
     if (fd >= 0)
         close(fd);
     return r;
@@ -470,14 +464,8 @@ static int write_ovf(struct vm_writer *w, struct p2v_err *err)
     }
     /* the manifest (DSP0243 5.1): ovf first, then the disks */
     {
-        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
         uint8_t sum[32];
-        unsigned len = 0;
-        bool okd = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-                   EVP_DigestUpdate(ctx, w->text.data, w->text.len) == 1 &&
-                   EVP_DigestFinal_ex(ctx, sum, &len) == 1 && len == 32;
-        EVP_MD_CTX_free(ctx);
-        if (!okd) {
+        if (p2v_hash(P2V_HASH_SHA256, w->text.data, w->text.len, sum) < 0) {
             p2v_err_set(err, EIO, "SHA-256 failed");
             goto out;
         }
