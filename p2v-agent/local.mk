@@ -17,3 +17,4 @@ dist_man_MANS += docs/man/p2v-agent.1
 AGENT_TESTS = tests/integration/agent-local.sh tests/integration/agent-adapt.sh
 TESTS += $(AGENT_TESTS)
 EXTRA_DIST += $(AGENT_TESTS)
+include p2v-agent/mkmedia.mk
