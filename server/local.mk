@@ -48,3 +48,9 @@ SERVER_TESTS = \
 TESTS += $(SERVER_TESTS)
 EXTRA_DIST += $(SERVER_TESTS)
 
+# Boots the converted mini fixtures with the generated QEMU script (p2v-inject first):
+# heavy, not repeated in the sanitizer build.
+SERVER_HEAVY_TESTS = tests/integration/vmconfig-boot.sh
+HEAVY_TESTS += $(SERVER_HEAVY_TESTS)
+TESTS += $(SERVER_HEAVY_TESTS)
+EXTRA_DIST += $(SERVER_HEAVY_TESTS)
