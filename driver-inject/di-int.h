@@ -143,6 +143,14 @@ int di_moddep_closure(const struct di_moddep *m, const char *const *names, size_
 /* True when modules.builtin (@text) lists module @name. */
 bool di_modbuiltin_has(const char *text, size_t len, const char *name);
 
+/* A module list, one name a line (/etc/initramfs-tools/modules, an initrd's
+ * /conf/modules, modules-load.d): copy @text to @out and add each of @names whose name is
+ * not the first word of a line yet, one a line, after @header (a comment line; NULL:
+ * none) when any is added. A missing final newline is supplied first. Returns how many
+ * names were added (0: @out holds @text unchanged), -1 when out of memory. */
+int di_modlist_merge(const char *text, size_t len, const char *const *names, size_t n,
+                     const char *header, struct p2v_buf *out);
+
 /* ---------------------------------------------------------------- policy */
 
 /* Whether we can convert a guest that inspection calls @type / @distro: DI_OK,

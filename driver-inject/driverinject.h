@@ -39,12 +39,24 @@ enum di_accel {
     DI_ACCEL_TCG,
 };
 
+/* How a guest whose initramfs a tool builds (initramfs-tools, dracut, mkinitcpio) gets
+ * the drivers. The tool's configuration is edited in every case, so that the guest's own
+ * later rebuilds (a kernel update) include virtio. */
+enum di_initramfs {
+    DI_INITRAMFS_AUTO = 0, /* append for initramfs-tools and dracut when our reader reads
+                            * the current initrd; rebuild otherwise */
+    DI_INITRAMFS_REBUILD,  /* run the tool in the appliance (minutes under TCG) */
+    DI_INITRAMFS_APPEND,   /* do not run the tool: append a newc archive in the tool's
+                            * layout (modules, module index, its module list) */
+};
+
 struct di_options {
     const char *disk;          /* the image (required) */
     const char *format;        /* NULL: probe with libdiskfmt */
     bool dry_run;              /* plan and report; the drive is added read-only */
     bool remove_vmware_tools;  /* disable VMware tools services */
     enum di_accel accel;
+    enum di_initramfs initramfs;
     int verbose;               /* > 1: libguestfs' own verbose output on stderr */
 };
 

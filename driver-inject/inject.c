@@ -366,6 +366,8 @@ struct initrd_scan {
     uint32_t init_mode;
     char lib_target[256];     /* "lib" as a symlink: its target */
     struct di_strv dirs;
+    char *conf_modules;       /* the last /conf/modules (initramfs-tools), NUL-terminated */
+    size_t conf_modules_len;
 };
 
 static int scan_cb(void *opaque, const struct di_cpio_entry *e)
@@ -412,6 +414,15 @@ static int scan_cb(void *opaque, const struct di_cpio_entry *e)
         s->init_mode = e->mode;
         s->init = s->init_copy;
     }
+    if (!strcmp(name, "conf/modules") && S_ISREG(e->mode)) {
+        free(s->conf_modules);
+        s->conf_modules = malloc(e->len + 1);
+        if (!s->conf_modules)
+            return -1;
+        memcpy(s->conf_modules, e->data, e->len);
+        s->conf_modules[e->len] = 0;
+        s->conf_modules_len = e->len;
+    }
     if (!strcmp(name, "lib") && S_ISLNK(e->mode) && e->len < sizeof s->lib_target) {
         const char *t = (const char *)e->data;
         size_t tl = e->len;
@@ -432,6 +443,7 @@ static void scan_release(struct initrd_scan *s)
     di_strv_free(&s->modules);
     di_strv_free(&s->dirs);
     free(s->init_copy);
+    free(s->conf_modules);
     memset(s, 0, sizeof *s);
 }
 
@@ -564,6 +576,111 @@ out:
     return ret;
 }
 
+/* The guest's module index files copied whole into a tool-append archive, so that the
+ * initrd's modprobe and udev resolve (and autoload by modalias) the added modules. */
+static const char *const index_files[] = {
+    "modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
+    "modules.softdep", "modules.symbols", "modules.symbols.bin", "modules.builtin",
+    "modules.builtin.bin", "modules.builtin.modinfo", "modules.order", "modules.devname",
+};
+
+/* Build the archive appended, in the tool's own layout, to kernel @k's initrd: the
+ * missing modules (@paths, relative to /lib/modules/KVER) at their place, the guest's
+ * module index, and the tool's module list: initramfs-tools' /conf/modules (the
+ * initrd's own plus @names), dracut's /etc/modules-load.d/p2vkit-virtio.conf. No wrapper
+ * /init: the tool's init loads them. Ends with our marker. */
+static int build_tool_append(struct inj *in, struct di_kernel *k, const struct initrd_scan *s,
+                             const char *tool, const char *const *paths, size_t n_paths,
+                             const struct di_strv *names, struct p2v_buf *out)
+{
+    size_t cap = n_paths + P2V_ARRAY_SIZE(index_files), nf = 0, nd = 0;
+    struct di_cpio_file *files = NULL;
+    struct di_cpio_file *body = calloc(cap, sizeof *body);
+    struct di_strv names_dst = {0}, dirs = {0};
+    void **datas = calloc(cap, sizeof *datas);
+    struct p2v_buf list = P2V_BUF_INIT, stamp = P2V_BUF_INIT;
+    const char *libdir = s->lib_target[0] ? s->lib_target : "lib";
+    int ret = -1;
+
+    if (!body || !datas)
+        goto nomem;
+    for (size_t i = 0; i < n_paths + P2V_ARRAY_SIZE(index_files); i++) {
+        char src[DI_CPIO_NAME_MAX], dst[DI_CPIO_NAME_MAX];
+        size_t dl = 0;
+        uint8_t *data;
+        const char *rel = i < n_paths ? paths[i] : index_files[i - n_paths];
+        snprintf(src, sizeof src, "/lib/modules/%s/%s", k->version, rel);
+        if (i >= n_paths && !gis_file(in, src))
+            continue;
+        snprintf(dst, sizeof dst, "%s/modules/%s/%s", libdir, k->version, rel);
+        for (char *sl = strchr(dst, '/'); sl; sl = strchr(sl + 1, '/')) {
+            *sl = 0;
+            if (!di_strv_has(&s->dirs, dst) && !di_strv_has(&dirs, dst) && di_strv_push(&dirs, "%s", dst) < 0)
+                goto nomem;
+            *sl = '/';
+        }
+        if (!(data = gread_big(in, src, &dl)))
+            goto out;
+        datas[nd] = data;
+        if (di_strv_push(&names_dst, "%s", dst) < 0)
+            goto nomem;
+        body[nd++] = (struct di_cpio_file){NULL, S_IFREG | 0644, data, dl};
+    }
+    if (!strcmp(tool, "initramfs-tools")) {
+        if (!di_strv_has(&s->dirs, "conf") && di_strv_push(&dirs, "conf") < 0)
+            goto nomem;
+        if (di_modlist_merge(s->conf_modules ? s->conf_modules : "", s->conf_modules_len,
+                             (const char *const *)names->v, names->n, NULL, &list) < 0)
+            goto nomem;
+    } else if (!strcmp(tool, "dracut")) {
+        if (!di_strv_has(&s->dirs, "etc") && di_strv_push(&dirs, "etc") < 0)
+            goto nomem;
+        if (!di_strv_has(&s->dirs, "etc/modules-load.d") && di_strv_push(&dirs, "etc/modules-load.d") < 0)
+            goto nomem;
+        p2v_buf_printf(&list, "# p2vkit driver-inject: virtio drivers for the converted machine\n");
+        for (size_t i = 0; i < names->n; i++)
+            p2v_buf_printf(&list, "%s\n", names->v[i]);
+    }
+    if (!(files = calloc(dirs.n + nd + 2, sizeof *files)))
+        goto nomem;
+    for (size_t i = 0; i < dirs.n; i++)
+        files[nf++] = (struct di_cpio_file){dirs.v[i], S_IFDIR | 0755, "", 0};
+    for (size_t i = 0; i < nd; i++) {
+        files[nf] = body[i];
+        files[nf++].name = names_dst.v[i];
+    }
+    if (list.len || !strcmp(tool, "initramfs-tools")) {
+        if (!p2v_buf_cstr(&list))
+            goto nomem;
+        files[nf++] = (struct di_cpio_file){!strcmp(tool, "initramfs-tools") ? "conf/modules" : "etc/modules-load.d/p2vkit-virtio.conf",
+                                            S_IFREG | 0644, list.data, list.len};
+    }
+    p2v_buf_printf(&stamp, "p2vkit driver-inject\nkernel %s\nmethod %s\nmodules", k->version, k->method);
+    for (size_t i = 0; i < k->added.n; i++)
+        p2v_buf_printf(&stamp, " %s", k->added.v[i]);
+    p2v_buf_printf(&stamp, "\n");
+    if (!p2v_buf_cstr(&stamp))
+        goto nomem;
+    files[nf++] = (struct di_cpio_file){DI_MARKER_NAME, S_IFREG | 0644, stamp.data, stamp.len};
+    if (di_cpio_build(files, nf, 0, out, in->err) < 0)
+        goto out;
+    ret = 0;
+    goto out;
+nomem:
+    p2v_err_set(in->err, ENOMEM, "out of memory");
+out:
+    for (size_t i = 0; datas && i < nd; i++)
+        free(datas[i]);
+    free(datas);
+    free(files);
+    free(body);
+    di_strv_free(&names_dst);
+    di_strv_free(&dirs);
+    p2v_buf_release(&list);
+    p2v_buf_release(&stamp);
+    return ret;
+}
+
 static int write_host_file(struct inj *in, const char *host, const void *a, size_t alen,
                            const void *b, size_t blen)
 {
@@ -577,6 +694,48 @@ static int write_host_file(struct inj *in, const char *host, const void *a, size
     }
     close(fd);
     return 0;
+}
+
+/* Plan replacing kernel @k's initrd (@idata) by itself, zeros to a 4-byte boundary and
+ * @arch (uploaded under a temporary name and renamed; the original kept on the host for
+ * undo). @detail: the report's description of the change. */
+static int plan_upload(struct inj *in, struct di_kernel *k, size_t i, const uint8_t *idata,
+                       size_t ilen, const struct p2v_buf *arch, struct p2v_buf *detail)
+{
+    static const uint8_t zeros[4];
+    size_t pad = (4 - (ilen & 3)) & 3;
+    char host[128], orig_host[128];
+    struct p2v_buf tailb = P2V_BUF_INIT;
+    int ret = -1;
+    snprintf(host, sizeof host, "%s/initrd.%zu", in->tmpdir, i);
+    snprintf(orig_host, sizeof orig_host, "%s/initrd.%zu.orig", in->tmpdir, i);
+    if (p2v_buf_put(&tailb, zeros, pad) < 0 || p2v_buf_put(&tailb, arch->data, arch->len) < 0 ||
+        !p2v_buf_cstr(detail)) {
+        p2v_err_set(in->err, ENOMEM, "out of memory");
+        goto out;
+    }
+    if (write_host_file(in, host, idata, ilen, tailb.data, tailb.len) < 0 ||
+        write_host_file(in, orig_host, idata, ilen, "", 0) < 0)
+        goto out;
+    struct di_change *c = di_report_add_change(in->r, "initramfs", k->initrd, k->method);
+    if (!c || !(c->detail = strdup((char *)detail->data))) {
+        p2v_err_set(in->err, ENOMEM, "out of memory");
+        goto out;
+    }
+    struct action *a = add_action(in, A_UPLOAD, k->initrd);
+    if (!a || !a->path || !(a->data = strdup(host)) || !(a->orig = strdup(orig_host))) {
+        p2v_err_set(in->err, ENOMEM, "out of memory");
+        goto out;
+    }
+    a->orig_exists = true;
+    ret = 0;
+out:
+    if (ret < 0) {
+        unlink(host);
+        unlink(orig_host);
+    }
+    p2v_buf_release(&tailb);
+    return ret;
 }
 
 /* Which tool builds this guest's initramfs. */
@@ -648,46 +807,28 @@ static int plan_modules_file(struct inj *in, const char *path, const struct di_s
     char *text = NULL;
     bool exists = gis_file(in, path);
     struct p2v_buf nb = P2V_BUF_INIT;
-    struct di_strv added = {0};
-    int ret = -1;
+    int ret = -1, added;
     if (exists && !(text = gread(in, path, &len)))
         return -1;
-    p2v_buf_put(&nb, text ? text : "", len);
-    for (size_t i = 0; i < names->n; i++) {
-        bool listed = false;
-        for (size_t pos = 0; pos < len && !listed;) {
-            const char *l = text + pos, *nl = memchr(l, '\n', len - pos);
-            size_t ll = nl ? (size_t)(nl - l) : len - pos;
-            size_t wl = 0;
-            while (ll && (*l == ' ' || *l == '\t')) {
-                l++;
-                ll--;
-            }
-            while (wl < ll && l[wl] != ' ' && l[wl] != '\t' && l[wl] != '\r')
-                wl++;
-            listed = wl == strlen(names->v[i]) && memcmp(l, names->v[i], wl) == 0;
-            pos += (nl ? (size_t)(nl - (text + pos)) + 1 : len - pos);
-        }
-        if (!listed)
-            di_strv_push(&added, "%s", names->v[i]);
+    added = di_modlist_merge(text ? text : "", len, (const char *const *)names->v, names->n, header, &nb);
+    if (added < 0 || !p2v_buf_cstr(&nb)) {
+        p2v_err_set(in->err, ENOMEM, "out of memory");
+        goto out;
     }
-    if (added.n) {
-        if (nb.len && nb.data[nb.len - 1] != '\n')
-            p2v_buf_put_u8(&nb, '\n');
-        p2v_buf_printf(&nb, "%s\n", header);
-        for (size_t i = 0; i < added.n; i++)
-            p2v_buf_printf(&nb, "%s\n", added.v[i]);
-        if (!p2v_buf_cstr(&nb)) {
-            p2v_err_set(in->err, ENOMEM, "out of memory");
-            goto out;
-        }
+    if (added > 0) {
         struct di_change *c = di_report_add_change(in->r, "initramfs-config", path, "edit");
         if (!c)
             goto out;
         struct p2v_buf d = P2V_BUF_INIT;
         p2v_buf_printf(&d, "add");
-        for (size_t i = 0; i < added.n; i++)
-            p2v_buf_printf(&d, " %s", added.v[i]);
+        /* the names added are the last lines of the new text */
+        for (const char *l = (const char *)nb.data + len; l < (const char *)nb.data + nb.len;) {
+            const char *e = memchr(l, '\n', (size_t)((const char *)nb.data + nb.len - l));
+            size_t ll = e ? (size_t)(e - l) : (size_t)((const char *)nb.data + nb.len - l);
+            if (ll && l[0] != '#')
+                p2v_buf_printf(&d, " %.*s", (int)ll, l);
+            l += ll + 1;
+        }
         c->detail = strdup(p2v_buf_cstr(&d) ? (char *)d.data : "add modules");
         p2v_buf_release(&d);
         if (plan_write(in, path, (char *)nb.data, nb.len, text, len, exists) < 0)
@@ -697,7 +838,6 @@ static int plan_modules_file(struct inj *in, const char *path, const struct di_s
 out:
     free(text);
     p2v_buf_release(&nb);
-    di_strv_free(&added);
     return ret;
 }
 
@@ -780,6 +920,9 @@ static int plan_kernels(struct inj *in)
     const char *tool = initramfs_tool(in);
     struct di_strv tool_names = {0}; /* module names the tool must add */
     ssize_t run_i = -1; /* the A_RUN action (an index: the array moves) */
+    struct di_strv rebuild_kv = {0}; /* kernels the tool rebuilds */
+    size_t n_append = 0;             /* kernels whose initrd we extend instead */
+    bool need_config = false;
     int ret = -1;
 
     r->initramfs_tool = strdup(tool);
@@ -876,9 +1019,6 @@ static int plan_kernels(struct inj *in)
         k->status = strdup(in->o->dry_run ? "would-add" : "added");
         if (!strcmp(tool, "none")) {
             struct p2v_buf arch = P2V_BUF_INIT;
-            static const uint8_t zeros[4];
-            size_t pad = (4 - (ilen & 3)) & 3;
-            char host[128];
             if (k->marker) {
                 p2v_err_set(in->err, EEXIST, "%s (kernel %s) already ends with a p2vkit archive, yet lacks %s: refusing to append another",
                             k->initrd, k->version, missing.v[0]);
@@ -888,62 +1028,102 @@ static int plan_kernels(struct inj *in)
                 p2v_buf_release(&arch);
                 goto k_out;
             }
-            snprintf(host, sizeof host, "%s/initrd.%zu", in->tmpdir, i);
-            /* the new initrd: the original, zeros to a 4-byte boundary, our archive */
-            struct p2v_buf tailb = P2V_BUF_INIT;
-            p2v_buf_put(&tailb, zeros, pad);
-            p2v_buf_put(&tailb, arch.data, arch.len);
-            int wrc = write_host_file(in, host, idata, ilen, tailb.data, tailb.len);
-            struct di_change *c = wrc < 0 ? NULL : di_report_add_change(in->r, "initramfs", k->initrd, "generic-append");
-            if (c) {
-                struct p2v_buf d = P2V_BUF_INIT;
-                p2v_buf_printf(&d, "append a %zu-byte cpio: wrapper /init (original kept as /init.p2v-orig) loading", arch.len);
+            struct p2v_buf d = P2V_BUF_INIT;
+            p2v_buf_printf(&d, "append a %zu-byte cpio: wrapper /init (original kept as /init.p2v-orig) loading", arch.len);
+            for (size_t m = 0; m < n_paths; m++) {
+                char name[64];
+                di_modname(paths[m], name, sizeof name);
+                p2v_buf_printf(&d, " %s", name);
+            }
+            int urc = plan_upload(in, k, i, idata, ilen, &arch, &d);
+            p2v_buf_release(&d);
+            p2v_buf_release(&arch);
+            if (urc < 0)
+                goto k_out;
+        } else {
+            struct di_strv kwant = {0}; /* the names this kernel's tool list needs */
+            bool append = false;
+            for (size_t m = 0; m < P2V_ARRAY_SIZE(wanted_modules); m++) {
+                const char *w = wanted_modules[m];
+                if (!di_moddep_path(dep, w) || di_strv_has(&k->builtin, w))
+                    continue;
+                di_strv_push(&kwant, "%s", w);
+                if (!di_strv_has(&tool_names, w))
+                    di_strv_push(&tool_names, "%s", w);
+            }
+            need_config = true;
+            if (in->o->initramfs == DI_INITRAMFS_APPEND) {
+                if (!scanned || k->marker) {
+                    p2v_err_set(in->err, EINVAL, "--initramfs append: %s (kernel %s) %s; use --initramfs rebuild",
+                                k->initrd, k->version,
+                                !scanned ? "cannot be read by our initrd reader" : "already ends with a p2vkit archive, yet lacks the modules");
+                    di_strv_free(&kwant);
+                    goto k_out;
+                }
+                append = true;
+            } else if (in->o->initramfs == DI_INITRAMFS_AUTO) {
+                /* a marker with modules still missing: let the tool start afresh */
+                append = scanned && !k->marker &&
+                         (!strcmp(tool, "initramfs-tools") || !strcmp(tool, "dracut"));
+            }
+            if (append) {
+                struct p2v_buf arch = P2V_BUF_INIT, d = P2V_BUF_INIT;
+                const char **mp = calloc(n_paths + 1, sizeof *mp);
+                size_t nmp = 0;
+                char meth[64];
+                int arc;
+                if (!mp) {
+                    di_strv_free(&kwant);
+                    goto nomem_k;
+                }
                 for (size_t m = 0; m < n_paths; m++) {
                     char name[64];
                     di_modname(paths[m], name, sizeof name);
-                    p2v_buf_printf(&d, " %s", name);
+                    if (di_strv_has(&missing, name))
+                        mp[nmp++] = paths[m];
                 }
-                c->detail = p2v_buf_cstr(&d) ? strdup((char *)d.data) : NULL;
+                snprintf(meth, sizeof meth, "%s-append", tool);
+                free(k->method);
+                k->method = strdup(meth);
+                arc = k->method ? build_tool_append(in, k, &s, tool, mp, nmp, &kwant, &arch)
+                                : p2v_err_set(in->err, ENOMEM, "out of memory");
+                if (arc == 0) {
+                    p2v_buf_printf(&d, "append a %zu-byte cpio in %s's layout (its init loads them; no rebuild):", arch.len, tool);
+                    for (size_t m = 0; m < nmp; m++) {
+                        char name[64];
+                        di_modname(mp[m], name, sizeof name);
+                        p2v_buf_printf(&d, " %s", name);
+                    }
+                    p2v_buf_printf(&d, ", the module index%s", !strcmp(tool, "initramfs-tools") ? ", /conf/modules"
+                                                              : !strcmp(tool, "dracut") ? ", /etc/modules-load.d/p2vkit-virtio.conf" : "");
+                    arc = plan_upload(in, k, i, idata, ilen, &arch, &d);
+                }
+                free(mp);
+                p2v_buf_release(&arch);
                 p2v_buf_release(&d);
-            }
-            char orig_host[128];
-            snprintf(orig_host, sizeof orig_host, "%s/initrd.%zu.orig", in->tmpdir, i);
-            if (c && write_host_file(in, orig_host, idata, ilen, "", 0) < 0)
-                c = NULL, wrc = -1;
-            struct action *a = c ? add_action(in, A_UPLOAD, k->initrd) : NULL;
-            if (a) {
-                a->data = strdup(host);
-                a->orig = strdup(orig_host);
-                a->orig_exists = true;
-            }
-            p2v_buf_release(&tailb);
-            p2v_buf_release(&arch);
-            if (!a || !a->data) {
-                if (wrc == 0)
-                    p2v_err_set(in->err, ENOMEM, "out of memory");
-                goto k_out;
-            }
-        } else {
-            for (size_t m = 0; m < P2V_ARRAY_SIZE(wanted_modules); m++) {
-                const char *w = wanted_modules[m];
-                if (di_moddep_path(dep, w) && !di_strv_has(&k->builtin, w) && !di_strv_has(&tool_names, w))
-                    di_strv_push(&tool_names, "%s", w);
-            }
-            if (run_i < 0) {
-                if (!add_action(in, A_RUN, tool))
-                    goto nomem_k;
-                run_i = (ssize_t)in->n_acts - 1;
-            }
-            struct action *run = &in->acts[run_i];
-            di_strv_push(&run->backups, "%s", k->initrd);
-            if (!strcmp(tool, "dracut")) {
-                struct p2v_buf cmd = P2V_BUF_INIT;
-                if (run->data)
-                    p2v_buf_printf(&cmd, "%s && ", run->data);
-                p2v_buf_printf(&cmd, "dracut -f '%s' '%s'", k->initrd, k->version);
-                free(run->data);
-                run->data = p2v_buf_cstr(&cmd) ? strdup((char *)cmd.data) : NULL;
-                p2v_buf_release(&cmd);
+                di_strv_free(&kwant);
+                if (arc < 0)
+                    goto k_out;
+                n_append++;
+            } else {
+                di_strv_free(&kwant);
+                if (run_i < 0) {
+                    if (!add_action(in, A_RUN, tool))
+                        goto nomem_k;
+                    run_i = (ssize_t)in->n_acts - 1;
+                }
+                struct action *run = &in->acts[run_i];
+                di_strv_push(&run->backups, "%s", k->initrd);
+                di_strv_push(&rebuild_kv, "%s", k->version);
+                if (!strcmp(tool, "dracut")) {
+                    struct p2v_buf cmd = P2V_BUF_INIT;
+                    if (run->data)
+                        p2v_buf_printf(&cmd, "%s && ", run->data);
+                    p2v_buf_printf(&cmd, "dracut -f '%s' '%s'", k->initrd, k->version);
+                    free(run->data);
+                    run->data = p2v_buf_cstr(&cmd) ? strdup((char *)cmd.data) : NULL;
+                    p2v_buf_release(&cmd);
+                }
             }
         }
         rc = 0;
@@ -960,7 +1140,7 @@ static int plan_kernels(struct inj *in)
         if (rc < 0)
             goto out;
     }
-    if (run_i >= 0) {
+    if (need_config) {
         struct action *run;
         /* the tool's configuration goes before the tool runs (actions run in order, and
          * the A_RUN was added first: move it to the end) */
@@ -968,7 +1148,15 @@ static int plan_kernels(struct inj *in)
             if (plan_modules_file(in, "/etc/initramfs-tools/modules", &tool_names,
                                   "# p2vkit driver-inject: virtio drivers for the converted machine") < 0)
                 goto out;
-            in->acts[run_i].data = strdup("update-initramfs -u -k all");
+            if (run_i >= 0 && n_append == 0) {
+                in->acts[run_i].data = strdup("update-initramfs -u -k all");
+            } else if (run_i >= 0) {
+                struct p2v_buf cmd = P2V_BUF_INIT;
+                for (size_t m = 0; m < rebuild_kv.n; m++)
+                    p2v_buf_printf(&cmd, "%supdate-initramfs -u -k '%s'", m ? " && " : "", rebuild_kv.v[m]);
+                in->acts[run_i].data = p2v_buf_cstr(&cmd) ? strdup((char *)cmd.data) : NULL;
+                p2v_buf_release(&cmd);
+            }
         } else if (!strcmp(tool, "dracut")) {
             struct p2v_buf conf = P2V_BUF_INIT;
             const char *p = "/etc/dracut.conf.d/90-p2vkit-virtio.conf";
@@ -992,8 +1180,11 @@ static int plan_kernels(struct inj *in)
         } else if (!strcmp(tool, "mkinitcpio")) {
             if (plan_mkinitcpio(in, &tool_names) < 0)
                 goto out;
-            in->acts[run_i].data = strdup("mkinitcpio -P");
+            if (run_i >= 0)
+                in->acts[run_i].data = strdup("mkinitcpio -P");
         }
+        if (run_i < 0)
+            goto done; /* every initrd extended: no tool run */
         /* move the A_RUN (and its pointer) to the end */
         size_t ri = (size_t)run_i;
         struct action tmp = in->acts[ri];
@@ -1005,7 +1196,7 @@ static int plan_kernels(struct inj *in)
         for (size_t i = 0; i < r->n_kernels; i++) {
             struct di_kernel *k = &r->kernels[i];
             struct p2v_buf d = P2V_BUF_INIT;
-            if (!k->added.n)
+            if (!k->added.n || strcmp(k->method, tool) != 0)
                 continue;
             struct di_change *c = di_report_add_change(in->r, "initramfs", k->initrd, tool);
             if (!c)
@@ -1017,12 +1208,14 @@ static int plan_kernels(struct inj *in)
             p2v_buf_release(&d);
         }
     }
+done:
     ret = 0;
     goto out;
 nomem:
     p2v_err_set(in->err, ENOMEM, "out of memory");
 out:
     di_strv_free(&tool_names);
+    di_strv_free(&rebuild_kv);
     free_strings(ls);
     return ret;
 }
@@ -1202,7 +1395,8 @@ static int verify(struct inj *in)
             return -1;
         if (scan_initrd(in, d, len, &s, k->initrd) < 0) {
             free(d);
-            if (in->err->code == ENOTSUP && strcmp(k->method, "generic-append") != 0) {
+            size_t ml = strlen(k->method);
+            if (in->err->code == ENOTSUP && (ml < 7 || strcmp(k->method + ml - 7, "-append") != 0)) {
                 /* a compression our reader does not know: the tool's word is all we have */
                 warn(in, "could not verify the rebuilt %s: %s", k->initrd, in->err->msg);
                 p2v_err_clear(in->err);

@@ -224,6 +224,50 @@ bool di_modbuiltin_has(const char *text, size_t len, const char *name)
     return false;
 }
 
+static bool modlist_has(const char *text, size_t len, const char *name)
+{
+    size_t nl_ = strlen(name);
+    for (size_t pos = 0; pos < len;) {
+        const char *l = text + pos, *nl = memchr(l, '\n', len - pos);
+        size_t ll = nl ? (size_t)(nl - l) : len - pos, wl = 0;
+        pos += ll + (nl ? 1 : 0);
+        while (ll && (*l == ' ' || *l == '\t')) {
+            l++;
+            ll--;
+        }
+        while (wl < ll && l[wl] != ' ' && l[wl] != '\t' && l[wl] != '\r')
+            wl++;
+        if (wl == nl_ && memcmp(l, name, wl) == 0)
+            return true;
+    }
+    return false;
+}
+
+int di_modlist_merge(const char *text, size_t len, const char *const *names, size_t n,
+                     const char *header, struct p2v_buf *out)
+{
+    int added = 0;
+    if (len && p2v_buf_put(out, text, len) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        bool dup = false;
+        for (size_t k = 0; k < i && !dup; k++)
+            dup = strcmp(names[k], names[i]) == 0;
+        if (dup || !names[i][0] || modlist_has(text, len, names[i]))
+            continue;
+        if (added == 0) {
+            if (out->len && out->data[out->len - 1] != '\n' && p2v_buf_put_u8(out, '\n') < 0)
+                return -1;
+            if (header && p2v_buf_printf(out, "%s\n", header) < 0)
+                return -1;
+        }
+        if (p2v_buf_printf(out, "%s\n", names[i]) < 0)
+            return -1;
+        added++;
+    }
+    return added;
+}
+
 enum di_status di_os_policy(const char *type, const char *distro, char *why, size_t len)
 {
     if (type && strcmp(type, "windows") == 0) {

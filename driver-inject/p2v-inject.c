@@ -12,7 +12,7 @@
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: p2v-inject [-f FMT] [--dry-run] [--json] [--remove-vmware-tools] [-v|-q] DISK\n"
+            "usage: p2v-inject [-f FMT] [--dry-run] [--initramfs MODE] [--json] [--remove-vmware-tools] [-v|-q] DISK\n"
             "Make the Linux system on DISK boot on virtio hardware: virtio drivers into every\n"
             "kernel's initramfs, device names in fstab and the boot loader as UUID=, hardware\n"
             "leftovers removed. One libguestfs appliance run (TCG where KVM is not usable).\n"
@@ -22,6 +22,9 @@ static void usage(FILE *fp)
             "      --json                the report as JSON on stdout\n"
             "      --remove-vmware-tools disable VMware tools services\n"
             "      --accel kvm|tcg       the appliance's accelerator (default: auto; env P2V_INJECT_ACCEL)\n"
+            "      --initramfs auto|rebuild|append\n"
+            "                            guests with an initramfs tool: append the drivers to the\n"
+            "                            current initrd, or run the tool (default: auto)\n"
             "  -v, --verbose             more messages (twice: libguestfs' own)\n"
             "  -q, --quiet               fewer messages\n"
             "  -h, --help                this help\n"
@@ -32,13 +35,14 @@ static void usage(FILE *fp)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_JSON = 256, OPT_VMW, OPT_ACCEL };
+    enum { OPT_JSON = 256, OPT_VMW, OPT_ACCEL, OPT_INITRAMFS };
     static const struct option opts[] = {
         {"format", required_argument, NULL, 'f'},
         {"dry-run", no_argument, NULL, 'n'},
         {"json", no_argument, NULL, OPT_JSON},
         {"remove-vmware-tools", no_argument, NULL, OPT_VMW},
         {"accel", required_argument, NULL, OPT_ACCEL},
+        {"initramfs", required_argument, NULL, OPT_INITRAMFS},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -72,6 +76,18 @@ int main(int argc, char **argv)
                 o.accel = DI_ACCEL_TCG;
             else if (strcmp(optarg, "auto") != 0) {
                 fprintf(stderr, "p2v-inject: --accel: '%s' is not kvm, tcg or auto\n", optarg);
+                return DI_USAGE;
+            }
+            break;
+        case OPT_INITRAMFS:
+            if (strcmp(optarg, "auto") == 0)
+                o.initramfs = DI_INITRAMFS_AUTO;
+            else if (strcmp(optarg, "rebuild") == 0)
+                o.initramfs = DI_INITRAMFS_REBUILD;
+            else if (strcmp(optarg, "append") == 0)
+                o.initramfs = DI_INITRAMFS_APPEND;
+            else {
+                fprintf(stderr, "p2v-inject: --initramfs: '%s' is not auto, rebuild or append\n", optarg);
                 return DI_USAGE;
             }
             break;

@@ -7,7 +7,7 @@
 # sanitizer build repeats (it boots no guest of its own).
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool sha256sum sfdisk mke2fs python3 truncate
-plan 21
+plan 22
 
 inject=$(p2v_bin p2v-inject)
 work=$(tmpdir)
@@ -28,6 +28,8 @@ run help --help
 ok "--help: exit 0, documents the exit codes" bash -c '[ "$1" -eq 0 ] && grep -q "exit codes" "$2"' _ "$rc" "$work/help.out"
 run badopt --accel warp "$work/x"
 is "$rc" 2 "--accel warp: exit 2"
+run badinitramfs --initramfs sometimes "$work/x"
+ok "--initramfs sometimes: exit 2, names the modes" bash -c '[ "$1" -eq 2 ] && grep -q "auto, rebuild or append" "$2"' _ "$rc" "$work/badinitramfs.err"
 
 # ---- a missing file, a file that is not a disk
 run missing "$work/nope.img"

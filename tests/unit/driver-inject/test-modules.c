@@ -98,6 +98,27 @@ int main(void)
     ok(!di_modbuiltin_has(builtin, sizeof builtin - 1, "virtio_blk"), "modules.builtin: virtio_blk not");
     ok(!di_modbuiltin_has(builtin, sizeof builtin - 1, "virtio_"), "modules.builtin: no prefix match");
 
+    /* module lists: /conf/modules of an initrd, /etc/initramfs-tools/modules */
+    {
+        static const char *const names[] = {"virtio_pci", "virtio_blk", "virtio_net", "virtio_blk"};
+        static const char conf[] = "# comment\ndm_mod\n  virtio_pci opt=1\nvirtio_blkx";
+        struct p2v_buf o = P2V_BUF_INIT;
+        is_int(di_modlist_merge(conf, sizeof conf - 1, names, 4, NULL, &o), 2, "merge: 2 names added (one listed with options, one twice)");
+        is_str(p2v_buf_cstr(&o), "# comment\ndm_mod\n  virtio_pci opt=1\nvirtio_blkx\nvirtio_blk\nvirtio_net\n",
+               "merge: text kept, final newline supplied, names one a line");
+        p2v_buf_release(&o);
+        is_int(di_modlist_merge("", 0, names, 2, "# hdr", &o), 2, "merge into nothing: 2 added");
+        is_str(p2v_buf_cstr(&o), "# hdr\nvirtio_pci\nvirtio_blk\n", "merge into nothing: header, then the names");
+        p2v_buf_release(&o);
+        static const char full[] = "virtio_pci\nvirtio_blk\n";
+        is_int(di_modlist_merge(full, sizeof full - 1, names, 2, "# hdr", &o), 0, "merge: nothing to add");
+        is_str(p2v_buf_cstr(&o), full, "merge: nothing to add, text unchanged (no header)");
+        p2v_buf_release(&o);
+        static const char hash[] = "#virtio_pci\n";
+        is_int(di_modlist_merge(hash, sizeof hash - 1, names, 1, NULL, &o), 1, "merge: a commented-out name is not listed");
+        p2v_buf_release(&o);
+    }
+
     char why[256];
     is_int(di_os_policy("windows", "windows", why, sizeof why), DI_WINDOWS, "Windows refused");
     is_str(why, "Windows guests are not supported yet", "Windows message");
