@@ -226,6 +226,35 @@ int diskfmt_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t off,
     return d->ops->pwrite(d, buf, len, off, err);
 }
 
+int diskfmt_pwrite_data(struct diskfmt *d, const void *buf, size_t len, uint64_t off,
+                        uint32_t grain, struct p2v_err *err)
+{
+    const uint8_t *p = buf;
+    if (grain == 0)
+        return p2v_err_set(err, EINVAL, "'%s': a write grain of 0 bytes", d->path);
+    size_t pos = 0;
+    while (pos < len) {
+        /* grains are aligned to the image's offsets, not the buffer's */
+        size_t n = (size_t)P2V_MIN((uint64_t)grain - (off + pos) % grain, (uint64_t)(len - pos));
+        if (p2v_is_zero(p + pos, n)) {
+            pos += n;
+            continue;
+        }
+        /* extend the run over the following grains that hold data */
+        size_t end = pos + n;
+        while (end < len) {
+            size_t m = (size_t)P2V_MIN((uint64_t)grain, (uint64_t)(len - end));
+            if (p2v_is_zero(p + end, m))
+                break;
+            end += m;
+        }
+        if (diskfmt_pwrite(d, p + pos, end - pos, off + pos, err) < 0)
+            return -1;
+        pos = end;
+    }
+    return 0;
+}
+
 int diskfmt_zero(struct diskfmt *d, uint64_t off, uint64_t len, struct p2v_err *err)
 {
     if (check_range(d, off, len, true, err) < 0)

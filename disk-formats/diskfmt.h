@@ -79,6 +79,12 @@ int diskfmt_pread(struct diskfmt *d, void *buf, size_t len, uint64_t off,
 /* Write @len bytes at @off (see diskfmt_write_align). */
 int diskfmt_pwrite(struct diskfmt *d, const void *buf, size_t len, uint64_t off,
                    struct p2v_err *err);
+/* Write only the data of @len bytes at @off into an image that reads zeros there (a new
+ * one): runs of @grain-byte blocks (aligned to the image's offsets) that are not all
+ * zeros, each in one write; all-zero blocks are skipped. @grain: a multiple of the
+ * image's write alignment (diskfmt_block_size is a good choice). */
+int diskfmt_pwrite_data(struct diskfmt *d, const void *buf, size_t len, uint64_t off,
+                        uint32_t grain, struct p2v_err *err);
 /* Make [off, off+len) read as zeros, deallocating where the format can. */
 int diskfmt_zero(struct diskfmt *d, uint64_t off, uint64_t len, struct p2v_err *err);
 /* The status of the run that starts at @off: *run (1..len bytes) share *flags. */

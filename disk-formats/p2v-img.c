@@ -218,30 +218,7 @@ static int write_chunk(struct diskfmt *dst, const struct chunk *c, uint32_t grai
 {
     if (c->zero)
         return 0;
-    uint64_t pos = 0;
-    while (pos < c->len) {
-        /* grains are aligned to the destination's offsets, not the chunk's */
-        uint64_t abs = c->off + pos;
-        uint64_t n = grain - abs % grain;
-        if (n > c->len - pos)
-            n = c->len - pos;
-        if (p2v_is_zero(c->buf + pos, n)) {
-            pos += n;
-            continue;
-        }
-        /* extend the run over following non-zero grains */
-        uint64_t end = pos + n;
-        while (end < c->len) {
-            uint64_t m = P2V_MIN((uint64_t)grain, c->len - end);
-            if (p2v_is_zero(c->buf + end, m))
-                break;
-            end += m;
-        }
-        if (diskfmt_pwrite(dst, c->buf + pos, end - pos, c->off + pos, err) < 0)
-            return -1;
-        pos = end;
-    }
-    return 0;
+    return diskfmt_pwrite_data(dst, c->buf, c->len, c->off, grain, err);
 }
 
 static int run_pipeline(struct diskfmt *src, struct diskfmt *dst, struct p2v_progress *pg,

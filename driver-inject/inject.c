@@ -479,6 +479,24 @@ static const char *initrd_for(struct inj *in, const char *kver, char *buf, size_
 }
 
 /* Build the archive appended by the generic path for kernel @k. */
+/* The marker file that ends each appended archive (what a later run looks for): the
+ * kernel, the method (NULL: the generic wrapper) and the modules added. -1: no memory. */
+static int marker_file(const struct di_kernel *k, const char *method, struct p2v_buf *stamp,
+                       struct di_cpio_file *f)
+{
+    p2v_buf_printf(stamp, "p2vkit driver-inject\nkernel %s\n", k->version);
+    if (method)
+        p2v_buf_printf(stamp, "method %s\n", method);
+    p2v_buf_printf(stamp, "modules");
+    for (size_t i = 0; i < k->added.n; i++)
+        p2v_buf_printf(stamp, " %s", k->added.v[i]);
+    p2v_buf_printf(stamp, "\n");
+    if (!p2v_buf_cstr(stamp))
+        return -1;
+    *f = (struct di_cpio_file){DI_MARKER_NAME, S_IFREG | 0644, stamp->data, stamp->len};
+    return 0;
+}
+
 static int build_generic(struct inj *in, struct di_kernel *k, const struct initrd_scan *s,
                          const char *const *paths, size_t n_paths, struct p2v_buf *out)
 {
@@ -550,13 +568,8 @@ static int build_generic(struct inj *in, struct di_kernel *k, const struct initr
     if (!p2v_buf_cstr(&init))
         goto nomem;
     files[nf++] = (struct di_cpio_file){"init", S_IFREG | 0755, init.data, init.len};
-    p2v_buf_printf(&stamp, "p2vkit driver-inject\nkernel %s\nmodules", k->version);
-    for (size_t i = 0; i < k->added.n; i++)
-        p2v_buf_printf(&stamp, " %s", k->added.v[i]);
-    p2v_buf_printf(&stamp, "\n");
-    if (!p2v_buf_cstr(&stamp))
+    if (marker_file(k, NULL, &stamp, &files[nf++]) < 0)
         goto nomem;
-    files[nf++] = (struct di_cpio_file){DI_MARKER_NAME, S_IFREG | 0644, stamp.data, stamp.len};
     /* mtime: 0, so that the same input gives the same archive */
     if (di_cpio_build(files, nf, 0, out, in->err) < 0)
         goto out;
@@ -655,13 +668,8 @@ static int build_tool_append(struct inj *in, struct di_kernel *k, const struct i
         files[nf++] = (struct di_cpio_file){!strcmp(tool, "initramfs-tools") ? "conf/modules" : "etc/modules-load.d/p2vkit-virtio.conf",
                                             S_IFREG | 0644, list.data, list.len};
     }
-    p2v_buf_printf(&stamp, "p2vkit driver-inject\nkernel %s\nmethod %s\nmodules", k->version, k->method);
-    for (size_t i = 0; i < k->added.n; i++)
-        p2v_buf_printf(&stamp, " %s", k->added.v[i]);
-    p2v_buf_printf(&stamp, "\n");
-    if (!p2v_buf_cstr(&stamp))
+    if (marker_file(k, k->method, &stamp, &files[nf++]) < 0)
         goto nomem;
-    files[nf++] = (struct di_cpio_file){DI_MARKER_NAME, S_IFREG | 0644, stamp.data, stamp.len};
     if (di_cpio_build(files, nf, 0, out, in->err) < 0)
         goto out;
     ret = 0;

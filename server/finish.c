@@ -64,24 +64,8 @@ static int copy_runs(int fd, uint64_t size, struct diskfmt *df, uint8_t *buf,
                 return p2v_err_errno(err, "cannot read '%s' at offset %llu", part,
                                      (unsigned long long)off);
             /* write runs of blocks that are not all zeros */
-            size_t i = 0;
-            while (i < n) {
-                size_t b = (size_t)P2V_MIN(grain, (uint64_t)(n - i));
-                if (p2v_is_zero(buf + i, b)) {
-                    i += b;
-                    continue;
-                }
-                size_t j = i + b;
-                while (j < n) {
-                    size_t b2 = (size_t)P2V_MIN(grain, (uint64_t)(n - j));
-                    if (p2v_is_zero(buf + j, b2))
-                        break;
-                    j += b2;
-                }
-                if (diskfmt_pwrite(df, buf + i, j - i, off + i, err) < 0)
-                    return -1;
-                i = j;
-            }
+            if (diskfmt_pwrite_data(df, buf, n, off, (uint32_t)grain, err) < 0)
+                return -1;
             off += n;
         }
         pos = end;

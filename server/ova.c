@@ -159,24 +159,8 @@ static int copy_range(struct diskfmt *src, struct diskfmt *dst, uint64_t start, 
         size_t n = (size_t)P2V_MIN((uint64_t)VM_COPY_CHUNK, end - off);
         if (diskfmt_pread(src, buf, n, off, err) < 0)
             return -1;
-        size_t i = 0;
-        while (i < n) {
-            size_t b = (size_t)P2V_MIN(grain, (uint64_t)(n - i));
-            if (p2v_is_zero(buf + i, b)) {
-                i += b;
-                continue;
-            }
-            size_t j = i + b;
-            while (j < n) {
-                size_t b2 = (size_t)P2V_MIN(grain, (uint64_t)(n - j));
-                if (p2v_is_zero(buf + j, b2))
-                    break;
-                j += b2;
-            }
-            if (diskfmt_pwrite(dst, buf + i, j - i, off + i, err) < 0)
-                return -1;
-            i = j;
-        }
+        if (diskfmt_pwrite_data(dst, buf, n, off, (uint32_t)grain, err) < 0)
+            return -1;
         off += n;
     }
     return 0;
