@@ -11,6 +11,9 @@
 #   tmpdir                    prints a fresh folder removed at exit
 #   p2v_bin NAME              prints the path of one of our built programs
 #   fixture NAME              prints a fixture image's path (builds it when missing)
+#   injected_fixture NAME     prints the path of a copy of fixture NAME made bootable on
+#                             virtio by our p2v-inject (cached beside the fixtures, keyed by
+#                             the fixture and the p2v-inject binary)
 #   qemu_boot_expect LOG TIMEOUT PATTERN QEMU-ARGS...
 #                             boots, returns 0 when PATTERN shows on the serial log
 #                             within TIMEOUT seconds, 1 otherwise; QEMU is stopped.
@@ -106,6 +109,28 @@ p2v_bin() {
 
 fixture() {
     "$top_srcdir/tests/fixtures/fixture" "$1" || bail "fixture $1 could not be built"
+}
+
+injected_fixture() {
+    local name=$1 img inject key dir cache=${P2V_FIXTURE_CACHE:-/var/tmp/p2vkit-fixtures}
+    img=$(fixture "$name") || return 1
+    inject=$(p2v_bin p2v-inject) || return 1
+    key=$( { cat "$(dirname "$img")/fixture.env"; cat "$inject"; } | sha256sum | cut -c1-12)
+    dir=$cache/injected-$name-$key
+    if [ ! -f "$dir/disk.img" ]; then
+        (
+            exec 9>"$cache/.injected-$name.lock"
+            flock 9
+            [ -f "$dir/disk.img" ] && exit 0
+            rm -rf "$cache/injected-$name"-*      # older copies
+            mkdir -p "$dir.tmp.$$"
+            cp --sparse=always "$img" "$dir.tmp.$$/disk.img" &&
+                "$inject" "$dir.tmp.$$/disk.img" >"$dir.tmp.$$/inject.log" 2>&1 &&
+                cp "$(dirname "$img")/fixture.env" "$dir.tmp.$$/" &&
+                mv "$dir.tmp.$$" "$dir" || { cat "$dir.tmp.$$/inject.log" >&2; rm -rf "$dir.tmp.$$"; exit 1; }
+        ) || { echo "injected_fixture: p2v-inject on $name failed" >&2; return 1; }
+    fi
+    echo "$dir/disk.img"
 }
 
 qemu_boot_expect() {
