@@ -71,7 +71,8 @@ TESTS += $(VMM_UNIT_TESTS)
 # through our VMM on real KVM (nested here: tests/kvm/) are HEAVY_TESTS.
 VMM_TESTS = \
 	tests/integration/vmm-errors.sh \
-	tests/integration/vmm-qemu.sh
+	tests/integration/vmm-qemu.sh \
+	tests/integration/vmm-kvm.sh
 TESTS += $(VMM_TESTS)
-HEAVY_TESTS += tests/integration/vmm-qemu.sh
+HEAVY_TESTS += tests/integration/vmm-qemu.sh tests/integration/vmm-kvm.sh
 EXTRA_DIST += $(VMM_TESTS) tests/kvm

@@ -811,6 +811,10 @@ int vmm_verify(const struct vmm_opts *oin, struct vmm_verdict *v, struct p2v_err
         goto out;
     }
     v->load_seconds = now_s() - t0;
+    /* the time limit counts from the command's start: reading the boot files is in it */
+    double timeout = o.timeout_s;
+    if (o.timeout_s > 0)
+        o.timeout_s = o.timeout_s - v->load_seconds > 0.1 ? o.timeout_s - v->load_seconds : 0.1;
     if (b.initrd_len >= (o.memory_mib << 20) / 2) {
         p2v_err_set(err, EFBIG, "the initrd (%zu MiB) does not fit in %llu MiB of guest memory "
                     "(it must stay under half of it; see --memory)",
@@ -851,7 +855,7 @@ int vmm_verify(const struct vmm_opts *oin, struct vmm_verdict *v, struct p2v_err
         snprintf(v->last_lines[i], sizeof v->last_lines[i], "%s", con.scan.last[idx]);
     }
     v->n_last = n;
-    fill_reason(v, &con.scan, o.timeout_s);
+    fill_reason(v, &con.scan, timeout);
     r = 0;
 out:
     if (con.log)

@@ -1,10 +1,11 @@
 #!/bin/bash
 # The QEMU script p2v-server vmconfig writes boots the converted machine: a copy of the
-# mini-bios fixture made bootable on virtio by p2v-inject, run by the generated NAME.sh
+# mini-bios fixture made bootable on virtio by p2v-inject (the cached copy that the vmm
+# tests share), run by the generated NAME.sh
 # (KVM when usable, else TCG: the script's own fallback) until the fixture's marker shows
 # on the serial console (the script's stdout) with its root on /dev/vda1; then QEMU is
 # stopped. The same for the mini-uefi fixture through OVMF (the script's pflash drives and
-# its private copy of the variables). Heavy: two libguestfs runs and two TCG boots.
+# its private copy of the variables). Heavy: one or two libguestfs runs and two TCG boots.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 p2v-inject
 srv=$(p2v_bin p2v-server)
@@ -33,14 +34,12 @@ boot_script() {
 }
 
 # ---- BIOS ----------------------------------------------------------------------------------
-img=$(fixture mini-bios)
+t0=$(date +%s)
+img=$(injected_fixture mini-bios)
+ok "p2v-inject made a mini-bios copy bootable on virtio (cached; $(( $(date +%s) - t0 )) s)" test -s "$img"
 . "$(dirname "$img")/fixture.env"
 mkdir "$work/bios"
 cp --sparse=always "$img" "$work/bios/disk.img"
-t0=$(date +%s)
-p2v-inject "$work/bios/disk.img" >"$work/inject-bios.log" 2>&1
-is "$?" 0 "p2v-inject made the mini-bios copy bootable on virtio ($(( $(date +%s) - t0 )) s)"
-diag "$(tail -n 3 "$work/inject-bios.log")"
 cat >"$work/bios.json" <<'EOF'
 {"name":"mini-bios","cpus":1,"memory-bytes":536870912,"firmware":"bios",
  "nics":[{"name":"eth0","mac":"52:54:00:12:34:01","driver":"e1000"}]}

@@ -2,14 +2,14 @@
 # p2v-vmm verify through engine auto on this machine (no fast /dev/kvm: QEMU TCG): the
 # mini-bios fixture made bootable by p2v-inject comes up (success, root on vda1), the
 # untouched fixture cannot find its root, a guest that never shows the expected text times
-# out within timeout + 1 s, the same disk as qcow2 gives the same verdict, the debian12
-# fixture made bootable comes up to its login prompt; every image is byte-identical after.
-# Heavy: QEMU boots (and p2v-inject runs when its cached copies are missing).
+# out within timeout + 1 s, the same disk as qcow2 gives the same verdict; every image is
+# byte-identical after. Heavy: QEMU boots (and p2v-inject runs when its cached copy is
+# missing).
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 qemu-img
 vmm=$(p2v_bin p2v-vmm)
 work=$(tmpdir)
-plan 17
+plan 15
 
 jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval("d"+sys.argv[2]))' "$1" "$2" 2>/dev/null; }
 
@@ -43,10 +43,10 @@ is "$rc" 14 "untouched mini-bios: exit 14"
 is "$(jget "$work/plain.json" "['result']")" root-not-found "verdict root-not-found"
 ok "the reason quotes the initramfs" grep -q 'ALERT' "$work/plain.json"
 
-verify hung "$injected" --timeout 15 --memory 512 --expect 'NEVER-SHOWN-[0-9]{9}'
+verify hung "$injected" --timeout 5 --memory 512 --expect 'NEVER-SHOWN-[0-9]{9}'
 is "$rc" 16 "a guest that never shows the pattern: timeout"
-ok "the timeout verdict came within 16 s (${secs} s)" \
-    python3 -c "import sys; sys.exit(0 if $secs <= 16.0 else 1)"
+ok "the timeout verdict came within 6 s (${secs} s)" \
+    python3 -c "import sys; sys.exit(0 if $secs <= 6.0 else 1)"
 
 qemu-img convert -O qcow2 "$injected" "$work/mini.qcow2"
 sum_q=$(sha256sum <"$work/mini.qcow2")
@@ -56,9 +56,3 @@ is "$(sha256sum <"$work/mini.qcow2")" "$sum_q" "the qcow2 file is unchanged"
 is "$(sha256sum <"$injected")" "$sum_injected" "the injected image is unchanged"
 is "$(sha256sum <"$plain")" "$sum_plain" "the fixture is unchanged"
 
-deb=$(injected_fixture debian12-bios) || bail "no injected debian12-bios"
-sum_deb=$(sha256sum <"$deb")
-verify deb "$deb" --timeout 240 --memory 1024
-is "$rc" 0 "injected debian12: success at its login prompt (${secs} s)"
-[ "$rc" = 0 ] || diag "$(cat "$work/deb.json" "$work/deb.err")"
-is "$(sha256sum <"$deb")" "$sum_deb" "the debian12 image is unchanged"

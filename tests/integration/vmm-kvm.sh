@@ -1,0 +1,104 @@
+#!/bin/bash
+# p2v-vmm's own VMM (--engine kvm) on real KVM: directly where /dev/kvm is fast, else inside
+# the nested machine of tests/kvm/nest (QEMU TCG with an emulated AMD-V CPU). Our
+# freestanding guest reads a disk through virtio-blk-pci as raw, qcow2, VMDK
+# (streamOptimized, monolithicSparse) and VHDX, and its hash matches the host's each time;
+# the mini-bios fixture made bootable on virtio comes up from its own extlinux.conf with two
+# vCPUs, and as streamOptimized VMDK; the untouched fixture gives "root not found"; a garbage
+# kernel a clean failure; a guest that never shows the pattern a timeout within timeout + 1 s;
+# the debian12 fixture made bootable reaches its login prompt from its own grub.cfg. Every
+# image is unchanged. Heavy: about three minutes of nested boots.
+. "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
+require_tool qemu-system-x86_64 qemu-img bc
+vmm=$(p2v_bin p2v-vmm)
+plan 28
+
+# the work folder must be visible in the nested machine: under the build tree (shared)
+work=$(mktemp -d "$top_builddir/tests/vmm-kvm.XXXXXX") || bail "mktemp"
+trap '[ -n "${P2V_KEEP:-}" ] || rm -rf "$work"; _tap_exit' EXIT
+jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval("d"+sys.argv[2]))' "$work/$1.out" "$2" 2>/dev/null; }
+rc() { cat "$work/$1.rc" 2>/dev/null || echo none; }
+secs() { cat "$work/$1.secs" 2>/dev/null || echo 0; }
+
+# ---- the disks -----------------------------------------------------------------------------
+injected=$(injected_fixture mini-bios) || bail "no injected mini-bios"
+plain=$(fixture mini-bios)
+deb=$(injected_fixture debian12-bios) || bail "no injected debian12-bios"
+cp --sparse=always "$injected" "$work/mini.raw"
+cp --sparse=always "$plain" "$work/plain.raw"
+cp --sparse=always "$deb" "$work/debian.raw"
+qemu-img convert -O vmdk -o subformat=streamOptimized "$injected" "$work/mini-stream.vmdk"
+head -c 300000 /dev/urandom >"$work/garbage.bin"
+# the test guest's disk: 4 MiB of random data, in every format
+head -c $((4 << 20)) /dev/urandom >"$work/guest.raw"
+qemu-img convert -O qcow2 "$work/guest.raw" "$work/guest.qcow2"
+qemu-img convert -O vmdk -o subformat=streamOptimized "$work/guest.raw" "$work/guest.vmdk-stream"
+qemu-img convert -O vmdk -o subformat=monolithicSparse "$work/guest.raw" "$work/guest.vmdk-sparse"
+qemu-img convert -O vhdx "$work/guest.raw" "$work/guest.vhdx"
+echo 8192 >"$work/guest.sectors"
+want_hash=$(sha256sum <"$work/guest.raw" | cut -d' ' -f1)
+bash "$top_srcdir/tests/kvm/guest/build-guest.sh" "$work/testguest.bz" >"$work/build-guest.log" 2>&1 ||
+    { diag "$(tail -n 20 "$work/build-guest.log")"; bail "the test guest did not build"; }
+(cd "$work" && sha256sum mini.raw mini-stream.vmdk plain.raw debian.raw guest.* >sums.before)
+
+# ---- the runs, where KVM is --------------------------------------------------------------
+t0=$(date +%s)
+P2V_VMM=$vmm abs_top_builddir=$top_builddir abs_top_srcdir=$top_srcdir \
+    P2V_NEST_MEM=${P2V_NEST_MEM:-2048} P2V_NEST_TIMEOUT=${P2V_NEST_TIMEOUT:-1200} \
+    "$top_srcdir/tests/kvm/kvm-run" bash "$top_srcdir/tests/kvm/vmm-cases.sh" "$work" \
+    >"$work/cases.log" 2>&1
+krc=$?
+[ "$krc" = 77 ] && { diag "$(cat "$work/cases.log")"; skip_all "no KVM: $(tail -n 1 "$work/cases.log")"; }
+is "$krc" 0 "the cases ran where KVM is ($(( $(date +%s) - t0 )) s)"
+diag "$(grep '^case ' "$work/cases.log")"
+[ "$krc" = 0 ] || diag "$(tail -n 20 "$work/cases.log")"
+
+# ---- the test guest, through every format ------------------------------------------------
+for f in raw qcow2 vmdk-stream vmdk-sparse vhdx; do
+    got=$(sed -n 's/.*p2vkit-testguest: sha256 \([0-9a-f]*\).*/\1/p' "$work/guest-$f.out" | head -1)
+    is "$(rc guest-$f):$got" "0:$want_hash" \
+        "test guest on $f: powered off, its virtio-blk reads hash as the host's ($(secs guest-$f) s)"
+    [ -n "$got" ] || diag "$(tail -n 15 "$work/guest-$f.out" "$work/guest-$f.err")"
+done
+ok "it found the PCI host bridge and the virtio-blk device" \
+    bash -c "grep -aq '8086:1237' '$work/guest-raw.out' && grep -aq '1af4:1042' '$work/guest-raw.out'"
+
+# ---- mini-bios ------------------------------------------------------------------------------
+for c in mini-raw mini-vmdk-stream; do
+    is "$(rc $c):$(jget $c "['result']"):$(jget $c "['root_device']")" "0:success:vda1" \
+        "$c: success, root on vda1 ($(secs $c) s)"
+done
+[ "$(rc mini-raw)" = 0 ] || diag "$(cat "$work/mini-raw.out" "$work/mini-raw.err")"
+is "$(jget mini-raw "['engine']")" kvm "the engine was our VMM"
+ok "the boot came from the disk's extlinux.conf" grep -q 'extlinux' "$work/mini-raw.out"
+ok "the console log holds the kernel's PCI probe of our devices" \
+    grep -aq '1af4:1042' "$work/mini-raw.log"
+ok "the kernel brought up both vCPUs" grep -aq 'smp: Brought up 1 node, 2 CPUs' "$work/mini-raw.log"
+ok "virtio-blk served requests ($(jget mini-raw "['figures']['disk_requests']"))" \
+    test "$(jget mini-raw "['figures']['disk_requests']")" -gt 10
+ok "the VMM's own memory: $(jget mini-raw "['figures']['vmm_rss_kib']") KiB (RSS less guest RAM, <= 16 MiB)" \
+    test "$(jget mini-raw "['figures']['vmm_rss_kib']")" -le 16384
+
+# ---- failures --------------------------------------------------------------------------------
+is "$(rc plain)" 14 "the untouched fixture: exit 14 ($(secs plain) s)"
+is "$(jget plain "['result']")" root-not-found "verdict root-not-found"
+ok "the reason quotes the initramfs" grep -q 'ALERT' "$work/plain.out"
+is "$(rc garbage)" 12 "a garbage kernel: exit 12"
+ok "the reason says why" bash -c "grep -qi 'bzimage\|HdrS' '$work/garbage.out'"
+is "$(rc hung)" 16 "a guest that never shows the pattern: timeout"
+ok "the timeout verdict came within 6 s ($(secs hung) s)" \
+    python3 -c "import sys; sys.exit(0 if $(secs hung) <= 6.0 else 1)"
+
+# ---- debian12 ----------------------------------------------------------------------------------
+is "$(rc debian):$(jget debian "['result']")" "0:success" "debian12: success ($(secs debian) s)"
+ok "its boot came from grub.cfg" grep -q 'grub.cfg' "$work/debian.out"
+ok "the login prompt was the match" bash -c "grep -q 'login:' <<<'$(jget debian "['matched']")'"
+[ "$(rc debian)" = 0 ] || diag "$(tail -n 30 "$work/debian.out")"
+
+# ---- nothing written -----------------------------------------------------------------------
+(cd "$work" && sha256sum -c --quiet sums.before) >"$work/sums.check" 2>&1
+is "$?" 0 "every image is byte-identical after the runs"
+diag "$(cat "$work/sums.check")"
+ok "the JSON names the calibration state" test -n "$(jget mini-raw "['calibration']['note']")"
+ok "the exits are counted ($(jget mini-raw "['figures']['exits']"))" \
+    test "$(jget mini-raw "['figures']['exits']")" -gt 1000
