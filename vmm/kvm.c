@@ -191,6 +191,9 @@ int vmm_vm_create(struct vmm_vm *vm, uint64_t ram, unsigned ncpus, struct p2v_er
     if (host == MAP_FAILED)
         return p2v_err_errno(err, "cannot map %llu MiB of guest memory",
                              (unsigned long long)(ram >> 20));
+    /* huge pages where the host has them: fewer nested-paging faults */
+    if (getenv("P2V_VMM_NO_THP") == NULL)
+        madvise(host, ram, MADV_HUGEPAGE);
     vm->mem.host = host;
     vm->mem.size = ram;
     struct kvm_userspace_memory_region region = {

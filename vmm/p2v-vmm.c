@@ -21,6 +21,9 @@ static void usage(FILE *fp)
     fprintf(fp,
             "usage: p2v-vmm verify DISK [options]     boot DISK's own kernel and give a verdict\n"
             "       p2v-vmm boot DISK [options]       boot it with the console on this terminal\n"
+            "       p2v-vmm inspect DISK [--json] [--extract DIR]\n"
+            "                                         what would boot: the configuration, kernel,\n"
+            "                                         initrd and command line (DIR: as files)\n"
             "       p2v-vmm calibrate [--json] [-q]   is /dev/kvm fast enough for our VMM?\n"
             "\n"
             "The kernel, initrd and command line come from the disk's boot loader\n"
@@ -102,7 +105,7 @@ static int cmd_calibrate(bool json, int quiet)
 int main(int argc, char **argv)
 {
     enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_LOG, OPT_ENGINE, OPT_QEMU, OPT_JSON,
-           OPT_VERSION };
+           OPT_VERSION, OPT_EXTRACT };
     static const struct option opts[] = {
         {"format", required_argument, NULL, 'f'},
         {"memory", required_argument, NULL, 'm'},
@@ -120,12 +123,14 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"extract", required_argument, NULL, OPT_EXTRACT},
         {NULL, 0, NULL, 0},
     };
     struct vmm_opts o = {0};
     struct vmm_verdict *v = NULL;
     struct p2v_err err = {0};
     bool json = false, timeout_set = false;
+    const char *extract = NULL;
     int c, verbose = 0, quiet = 0, rc;
     uint64_t n;
 
@@ -217,6 +222,9 @@ int main(int argc, char **argv)
         case OPT_VERSION:
             printf("p2v-vmm (p2vkit) %s\n", PACKAGE_VERSION);
             return 0;
+        case OPT_EXTRACT:
+            extract = optarg;
+            break;
         default:
             usage(stderr);
             return EXIT_USAGE;
@@ -231,9 +239,10 @@ int main(int argc, char **argv)
         }
         return cmd_calibrate(json, quiet);
     }
-    bool boot = !strcmp(cmd, "boot");
-    if (!boot && strcmp(cmd, "verify")) {
-        fprintf(stderr, "p2v-vmm: unknown command '%s' (verify, boot, calibrate)\n", cmd);
+    bool boot = !strcmp(cmd, "boot"), inspect = !strcmp(cmd, "inspect");
+    if (!boot && !inspect && strcmp(cmd, "verify")) {
+        fprintf(stderr, "p2v-vmm: unknown command '%s' (verify, boot, inspect, calibrate)\n",
+                cmd);
         return EXIT_USAGE;
     }
     if (optind + 1 != argc) {
@@ -247,6 +256,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "p2v-vmm: --initrd needs --kernel\n");
         return EXIT_USAGE;
     }
+    if (extract && !inspect) {
+        fprintf(stderr, "p2v-vmm: --extract is for inspect\n");
+        return EXIT_USAGE;
+    }
     if (boot) {
         o.echo = stdout;
         o.interactive = true;
@@ -257,7 +270,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "p2v-vmm: out of memory\n");
         return 1;
     }
-    if (vmm_verify(&o, v, &err) < 0) {
+    if ((inspect ? vmm_inspect(&o, v, extract, &err) : vmm_verify(&o, v, &err)) < 0) {
         fprintf(stderr, "p2v-vmm: %s\n", err.msg);
         if (json) {
             struct p2v_buf b;
@@ -284,6 +297,12 @@ int main(int argc, char **argv)
         vmm_verdict_json(v, &o, &j);
         print_json(&b);
         p2v_buf_release(&b);
+    } else if (inspect) {
+        if (v->result == VMM_RESULT_SUCCESS)
+            printf("config:  %s\nkernel:  %s\n         %s\ninitrd:  %s\ncmdline: %s\n", v->config,
+                   v->kernel, v->kernel_version, v->initrd[0] ? v->initrd : "(none)", v->cmdline);
+        else
+            printf("not bootable: %s: %s\n", vmm_result_name(v->result), v->reason);
     } else if (!boot || v->result != VMM_RESULT_SUCCESS) {
         FILE *out = boot ? stderr : stdout;
         fprintf(out, "%s%s: %s (engine %s, %.1f s)\n", boot ? "\n" : "",

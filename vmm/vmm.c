@@ -258,17 +258,20 @@ struct console {
     struct vmm_scan scan;
     FILE *log;
     FILE *echo;
+    double power_on;     /* set by the engine */
+    double first_output; /* seconds from power-on, 0 until the first byte */
 };
 
 static void console_out(void *opaque, const uint8_t *p, size_t n)
 {
     struct console *c = opaque;
+    if (c->first_output == 0 && n)
+        c->first_output = now_s() - c->power_on;
     if (c->log)
         fwrite(p, 1, n, c->log);
-    if (c->echo) {
+    if (c->echo) { /* unbuffered: a prompt has no newline */
         fwrite(p, 1, n, c->echo);
-        if (memchr(p, '\n', n))
-            fflush(c->echo);
+        fflush(c->echo);
     }
     vmm_scan_feed(&c->scan, p, n);
 }
@@ -388,6 +391,7 @@ static int kvm_boot_once(const struct vmm_opts *o, const struct boot_material *b
         if (pthread_create(&pump.thread, NULL, stdin_pump_thread, &pump) == 0)
             pumping = true;
     }
+    con->power_on = now_s();
     if (vmm_vm_start(&vm, err) < 0)
         goto out;
 
@@ -639,6 +643,7 @@ static int run_qemu(const struct vmm_opts *o, const struct boot_material *b,
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
     posix_spawn_file_actions_adddup2(&fa, efd, 2);
+    con->power_on = now_s();
     int rc = posix_spawnp(&pid, qemu, &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     if (rc) {
@@ -845,6 +850,7 @@ int vmm_verify(const struct vmm_opts *oin, struct vmm_verdict *v, struct p2v_err
         goto out;
     v->result = con.scan.result;
     v->console_bytes = con.scan.bytes;
+    v->first_output_s = con.first_output;
     v->overlay_bytes = vmm_disk_overlay_bytes(disk);
     snprintf(v->matched, sizeof v->matched, "%s", con.scan.matched);
     snprintf(v->root_line, sizeof v->root_line, "%s", con.scan.root_line);
@@ -867,6 +873,49 @@ out:
     material_release(&b);
     if (disk)
         vmm_disk_close(disk);
+    return r;
+}
+
+int vmm_inspect(const struct vmm_opts *o, struct vmm_verdict *v, const char *extract_dir,
+                struct p2v_err *err)
+{
+    int r = -1;
+    struct boot_material b;
+    char path[PATH_MAX];
+    memset(&b, 0, sizeof b);
+    memset(v, 0, sizeof *v);
+    if (!o->disk)
+        return p2v_err_set(err, EINVAL, "no disk given");
+    struct vmm_disk *disk = vmm_disk_open(o->disk, o->format, err);
+    if (!disk)
+        return -1;
+    if (load_material(o, disk, &b, v) < 0) {
+        r = 0; /* the verdict says what is missing */
+        goto out;
+    }
+    v->result = VMM_RESULT_SUCCESS;
+    snprintf(v->reason, sizeof v->reason, "bootable: %s", v->kernel);
+    if (extract_dir) {
+        if (mkdir(extract_dir, 0755) < 0 && errno != EEXIST) {
+            p2v_err_errno(err, "cannot create '%s'", extract_dir);
+            goto out;
+        }
+        snprintf(path, sizeof path, "%s/kernel", extract_dir);
+        if (write_file(path, b.kernel, b.kernel_len, err) < 0)
+            goto out;
+        if (b.initrd) {
+            snprintf(path, sizeof path, "%s/initrd", extract_dir);
+            if (write_file(path, b.initrd, b.initrd_len, err) < 0)
+                goto out;
+        }
+        snprintf(path, sizeof path, "%s/cmdline", extract_dir);
+        if (write_file(path, (const uint8_t *)b.cmdline, strlen(b.cmdline), err) < 0)
+            goto out;
+    }
+    r = 0;
+out:
+    material_release(&b);
+    vmm_disk_close(disk);
     return r;
 }
 
@@ -914,6 +963,8 @@ void vmm_verdict_json(const struct vmm_verdict *v, const struct vmm_opts *o, str
     p2v_json_object_begin(j);
     p2v_json_key(j, "console_bytes");
     p2v_json_u64(j, v->console_bytes);
+    p2v_json_key(j, "first_output_seconds");
+    p2v_json_double(j, v->first_output_s);
     p2v_json_key(j, "exits");
     p2v_json_u64(j, v->exits);
     p2v_json_key(j, "disk_requests");

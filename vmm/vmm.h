@@ -96,6 +96,7 @@ struct vmm_verdict {
     unsigned n_last;
     /* figures */
     uint64_t console_bytes;
+    double first_output_s;       /* power-on to the console's first byte (decompression) */
     uint64_t exits;              /* KVM engine: exits to user space */
     uint64_t disk_read_bytes, disk_requests;
     uint64_t overlay_bytes;
@@ -106,6 +107,14 @@ struct vmm_verdict {
 /* Boot the disk and decide. Returns 0 with @v filled (whatever the verdict), or -1 with
  * @err set when no verdict can be had (bad options, unreadable disk). */
 int vmm_verify(const struct vmm_opts *o, struct vmm_verdict *v, struct p2v_err *err);
+
+/* Read the disk's boot configuration and its kernel and initrd, and boot nothing: @v gets
+ * the boot fields (config, kernel, initrd, cmdline as the guest would get it, kernel
+ * version) and result SUCCESS, NO_BOOT_CONFIG or KERNEL_MISSING. With @extract_dir, the
+ * kernel, initrd and command line are written there as files "kernel", "initrd" (when there
+ * is one) and "cmdline". -1 with @err when the disk cannot be read or the files written. */
+int vmm_inspect(const struct vmm_opts *o, struct vmm_verdict *v, const char *extract_dir,
+                struct p2v_err *err);
 
 /* Write @v as one JSON object. */
 void vmm_verdict_json(const struct vmm_verdict *v, const struct vmm_opts *o,
