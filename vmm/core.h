@@ -32,6 +32,8 @@ struct vmm_vcpu {
 struct vmm_vm {
     int kvm_fd, vm_fd;
     struct vmm_mem mem;
+    void *map_base;  /* the mapping that holds guest RAM (2 MiB-aligned inside it) */
+    size_t map_len;
     unsigned ncpus;
     size_t run_size;
     struct vmm_vcpu vcpu[VMM_MAX_CPUS];

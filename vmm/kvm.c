@@ -186,12 +186,18 @@ int vmm_vm_create(struct vmm_vm *vm, uint64_t ram, unsigned ncpus, struct p2v_er
     if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
         return p2v_err_errno(err, "KVM_CREATE_PIT2");
 
-    void *host = mmap(NULL, ram, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (host == MAP_FAILED)
+    /* Guest RAM at a 2 MiB-aligned host address: KVM maps guest memory with huge pages
+     * only where the host and guest addresses agree modulo 2 MiB (measured nested: 33k
+     * page faults to boot mini-bios unaligned, 600 aligned) */
+    size_t align = 2u << 20;
+    void *map = mmap(NULL, ram + align, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED)
         return p2v_err_errno(err, "cannot map %llu MiB of guest memory",
                              (unsigned long long)(ram >> 20));
-    /* huge pages where the host has them: fewer nested-paging faults */
+    vm->map_base = map;
+    vm->map_len = ram + align;
+    uint8_t *host = (uint8_t *)(((uintptr_t)map + align - 1) & ~(uintptr_t)(align - 1));
     if (getenv("P2V_VMM_NO_THP") == NULL)
         madvise(host, ram, MADV_HUGEPAGE);
     vm->mem.host = host;
@@ -485,8 +491,9 @@ void vmm_vm_destroy(struct vmm_vm *vm)
         close(vm->vm_fd);
     if (vm->kvm_fd >= 0)
         close(vm->kvm_fd);
-    if (vm->mem.host)
-        munmap(vm->mem.host, vm->mem.size);
+    if (vm->map_base)
+        munmap(vm->map_base, vm->map_len);
+    vm->map_base = NULL;
     vm->vm_fd = vm->kvm_fd = -1;
     vm->mem.host = NULL;
     pthread_mutex_destroy(&vm->devlock);

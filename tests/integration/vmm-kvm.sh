@@ -2,7 +2,8 @@
 # p2v-vmm's own VMM (--engine kvm) on real KVM: directly where /dev/kvm is fast, else inside
 # the nested machine of tests/kvm/nest (QEMU TCG with an emulated AMD-V CPU). Our
 # freestanding guest reads a disk through virtio-blk-pci as raw, qcow2, VMDK
-# (streamOptimized, monolithicSparse) and VHDX, and its hash matches the host's each time;
+# (streamOptimized, monolithicSparse), VHD and VHDX, and its hash matches the host's each
+# time, and when told to reset at once it gets the reset-loop verdict;
 # the mini-bios fixture made bootable on virtio comes up from its own extlinux.conf with two
 # vCPUs, and as streamOptimized VMDK; the untouched fixture gives "root not found"; a garbage
 # kernel a clean failure; a guest that never shows the pattern a timeout within timeout + 1 s;
@@ -11,7 +12,7 @@
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 qemu-img bc
 vmm=$(p2v_bin p2v-vmm)
-plan 28
+plan 30
 
 # the work folder must be visible in the nested machine: under the build tree (shared)
 work=$(mktemp -d "$top_builddir/tests/vmm-kvm.XXXXXX") || bail "mktemp"
@@ -35,6 +36,7 @@ qemu-img convert -O qcow2 "$work/guest.raw" "$work/guest.qcow2"
 qemu-img convert -O vmdk -o subformat=streamOptimized "$work/guest.raw" "$work/guest.vmdk-stream"
 qemu-img convert -O vmdk -o subformat=monolithicSparse "$work/guest.raw" "$work/guest.vmdk-sparse"
 qemu-img convert -O vhdx "$work/guest.raw" "$work/guest.vhdx"
+qemu-img convert -O vpc "$work/guest.raw" "$work/guest.vhd"
 echo 8192 >"$work/guest.sectors"
 want_hash=$(sha256sum <"$work/guest.raw" | cut -d' ' -f1)
 bash "$top_srcdir/tests/kvm/guest/build-guest.sh" "$work/testguest.bz" >"$work/build-guest.log" 2>&1 ||
@@ -54,7 +56,7 @@ diag "$(grep '^case ' "$work/cases.log")"
 [ "$krc" = 0 ] || diag "$(tail -n 20 "$work/cases.log")"
 
 # ---- the test guest, through every format ------------------------------------------------
-for f in raw qcow2 vmdk-stream vmdk-sparse vhdx; do
+for f in raw qcow2 vmdk-stream vmdk-sparse vhd vhdx; do
     got=$(sed -n 's/.*p2vkit-testguest: sha256 \([0-9a-f]*\).*/\1/p' "$work/guest-$f.out" | head -1)
     is "$(rc guest-$f):$got" "0:$want_hash" \
         "test guest on $f: powered off, its virtio-blk reads hash as the host's ($(secs guest-$f) s)"
@@ -85,6 +87,8 @@ is "$(jget plain "['result']")" root-not-found "verdict root-not-found"
 ok "the reason quotes the initramfs" grep -q 'ALERT' "$work/plain.out"
 is "$(rc garbage)" 12 "a garbage kernel: exit 12"
 ok "the reason says why" bash -c "grep -qi 'bzimage\|HdrS' '$work/garbage.out'"
+is "$(rc reset):$(jget reset "['result']"):$(jget reset "['figures']['resets']")" "15:reset-loop:3" \
+    "a guest that resets at once: reset loop after 3 power-ons ($(secs reset) s)"
 is "$(rc hung)" 16 "a guest that never shows the pattern: timeout"
 ok "the timeout verdict came within 6 s ($(secs hung) s)" \
     python3 -c "import sys; sys.exit(0 if $(secs hung) <= 6.0 else 1)"

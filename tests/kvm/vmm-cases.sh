@@ -24,7 +24,7 @@ common="--engine kvm --memory 512 --timeout 120"
 
 # our freestanding guest reads the disk over virtio-blk-pci and prints the hash of what it
 # read: through every format the VMM reads (libdiskfmt under the COW overlay)
-for f in raw qcow2 vmdk-stream vmdk-sparse vhdx; do
+for f in raw qcow2 vmdk-stream vmdk-sparse vhd vhdx; do
     run guest-$f boot --engine kvm --memory 64 --timeout 60 --kernel testguest.bz \
         --append "sectors=$(cat guest.sectors)" "guest.$f"
 done
@@ -32,10 +32,13 @@ done
 # vCPUs (MP table, APs started through the in-kernel APIC), and as streamOptimized VMDK
 run mini-raw verify --json $common --cpus 2 --log mini-raw.log mini.raw
 run mini-vmdk-stream verify --json $common -f vmdk mini-stream.vmdk
-# the untouched fixture cannot find its root; a garbage kernel; a guest that never shows
-# the pattern (the verdict must come within timeout + 1 s)
+# the untouched fixture cannot find its root; a garbage kernel; a guest that resets at once
+# (reset loop); a guest that never shows the pattern (the verdict must come within
+# timeout + 1 s)
 run plain verify --json $common plain.raw
 run garbage verify --json $common --kernel garbage.bin --append root=/dev/vda1 mini.raw
+run reset verify --json --engine kvm --memory 64 --timeout 30 --kernel testguest.bz \
+    --append reset guest.raw
 run hung verify --json --engine kvm --memory 512 --timeout 5 --expect 'NEVER-SHOWN-[0-9]{9}' mini.raw
 # the debian12 fixture made bootable: its own grub.cfg, up to the login prompt
 run debian verify --json --engine kvm --memory 1024 --timeout 300 --log debian.log \

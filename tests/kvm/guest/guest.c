@@ -3,7 +3,8 @@
  * (default 2048) and `start=S` (default 0) from the command line, says hello on COM1, lists
  * PCI bus 0, drives the first virtio-blk (1af4:1042, virtio 1.0 modern, polled), reads N
  * sectors from S, prints their SHA-256 and the disk's capacity, and powers off (ACPI PM1a at
- * 0x604, then isa-debug-exit at 0x501 with 0 for success, 1 for an error).
+ * 0x604, then isa-debug-exit at 0x501 with 0 for success, 1 for an error). With `reset` on
+ * the command line it resets the machine through the i8042 at once instead.
  *
  * Output lines (COM1):
  *   p2vkit-testguest: hello
@@ -240,6 +241,13 @@ static void parse_cmdline(const uint8_t *bp, uint64_t *sectors, uint64_t *start)
         } else if (starts_with(cl + i, "start=")) {
             if (parse_u64(cl + i + 6, start) < 0)
                 fail("bad start= on the command line");
+        } else if (starts_with(cl + i, "reset") && (cl[i + 5] == ' ' || cl[i + 5] == 0)) {
+            /* a guest that resets at once, as a kernel with panic=1 would: the VMM's
+             * reset-loop verdict is tested with it */
+            puts_("p2vkit-testguest: resetting through the i8042\n");
+            outb(0x64, 0xfe);
+            for (;;)
+                __asm__ volatile("cli; hlt");
         }
     }
 }
