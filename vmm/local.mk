@@ -75,4 +75,4 @@ VMM_TESTS = \
 	tests/integration/vmm-kvm.sh
 TESTS += $(VMM_TESTS)
 HEAVY_TESTS += tests/integration/vmm-qemu.sh tests/integration/vmm-kvm.sh
-EXTRA_DIST += $(VMM_TESTS) tests/kvm
+EXTRA_DIST += $(VMM_TESTS) tests/kvm tests/integration/kvm-nest-selftest.sh
