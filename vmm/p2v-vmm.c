@@ -66,10 +66,23 @@ static int parse_u64(const char *opt, const char *s, uint64_t *out)
     return 0;
 }
 
-static void print_json(const struct p2v_buf *b)
+/* JSON on standard output: json_begin(), write through .j, json_print(). */
+struct json_out {
+    struct p2v_buf b;
+    struct p2v_json j;
+};
+
+static void json_begin(struct json_out *o)
 {
-    fwrite(b->data, 1, b->len, stdout);
+    p2v_buf_init(&o->b, 1 << 20);
+    p2v_json_init(&o->j, &o->b, true);
+}
+
+static void json_print(struct json_out *o)
+{
+    fwrite(o->b.data, 1, o->b.len, stdout);
     fputc('\n', stdout);
+    p2v_buf_release(&o->b);
 }
 
 static int cmd_calibrate(bool json, int quiet)
@@ -77,24 +90,10 @@ static int cmd_calibrate(bool json, int quiet)
     struct vmm_calibration c;
     vmm_calibrate(&c);
     if (json) {
-        struct p2v_buf b;
-        struct p2v_json j;
-        p2v_buf_init(&b, 1 << 20);
-        p2v_json_init(&j, &b, true);
-        p2v_json_object_begin(&j);
-        p2v_json_key(&j, "kvm_present");
-        p2v_json_bool(&j, c.kvm_present);
-        p2v_json_key(&j, "fast");
-        p2v_json_bool(&j, c.fast);
-        p2v_json_key(&j, "mips");
-        p2v_json_double(&j, c.mips);
-        p2v_json_key(&j, "exit_us");
-        p2v_json_double(&j, c.exit_us);
-        p2v_json_kv_string(&j, "note", c.note);
-        p2v_json_kv_string(&j, "engine", c.fast ? "kvm" : "qemu-tcg");
-        p2v_json_object_end(&j);
-        print_json(&b);
-        p2v_buf_release(&b);
+        struct json_out out;
+        json_begin(&out);
+        vmm_calibration_json(&c, &out.j);
+        json_print(&out);
     } else if (!quiet) {
         printf("/dev/kvm: %s\nengine auto would use: %s\n", c.note,
                c.fast ? "our VMM on KVM" : "QEMU TCG");
@@ -273,30 +272,24 @@ int main(int argc, char **argv)
     if ((inspect ? vmm_inspect(&o, v, extract, &err) : vmm_verify(&o, v, &err)) < 0) {
         fprintf(stderr, "p2v-vmm: %s\n", err.msg);
         if (json) {
-            struct p2v_buf b;
-            struct p2v_json j;
-            p2v_buf_init(&b, 1 << 20);
-            p2v_json_init(&j, &b, true);
-            p2v_json_object_begin(&j);
-            p2v_json_kv_string(&j, "verdict", "error");
-            p2v_json_kv_string(&j, "disk", o.disk);
-            p2v_json_kv_string(&j, "error", err.msg);
-            p2v_json_object_end(&j);
-            print_json(&b);
-            p2v_buf_release(&b);
+            struct json_out out;
+            json_begin(&out);
+            p2v_json_object_begin(&out.j);
+            p2v_json_kv_string(&out.j, "verdict", "error");
+            p2v_json_kv_string(&out.j, "disk", o.disk);
+            p2v_json_kv_string(&out.j, "error", err.msg);
+            p2v_json_object_end(&out.j);
+            json_print(&out);
         }
         free(v);
         return 1;
     }
     rc = v->result == VMM_RESULT_SUCCESS ? 0 : VMM_EXIT_BASE + (int)v->result;
     if (json) {
-        struct p2v_buf b;
-        struct p2v_json j;
-        p2v_buf_init(&b, 1 << 20);
-        p2v_json_init(&j, &b, true);
-        vmm_verdict_json(v, &o, &j);
-        print_json(&b);
-        p2v_buf_release(&b);
+        struct json_out out;
+        json_begin(&out);
+        vmm_verdict_json(v, &o, &out.j);
+        json_print(&out);
     } else if (inspect) {
         if (v->result == VMM_RESULT_SUCCESS)
             printf("config:  %s\nkernel:  %s\n         %s\ninitrd:  %s\ncmdline: %s\n", v->config,

@@ -919,6 +919,18 @@ out:
     return r;
 }
 
+void vmm_calibration_json(const struct vmm_calibration *c, struct p2v_json *j)
+{
+    p2v_json_object_begin(j);
+    p2v_json_kv_bool(j, "kvm_present", c->kvm_present);
+    p2v_json_kv_bool(j, "fast", c->fast);
+    p2v_json_kv_double(j, "mips", c->mips);
+    p2v_json_kv_double(j, "exit_us", c->exit_us);
+    p2v_json_kv_string(j, "note", c->note);
+    p2v_json_kv_string(j, "engine", c->fast ? "kvm" : "qemu-tcg");
+    p2v_json_object_end(j);
+}
+
 void vmm_verdict_json(const struct vmm_verdict *v, const struct vmm_opts *o, struct p2v_json *j)
 {
     p2v_json_object_begin(j);
@@ -928,21 +940,9 @@ void vmm_verdict_json(const struct vmm_verdict *v, const struct vmm_opts *o, str
     p2v_json_kv_string(j, "disk", o->disk);
     p2v_json_kv_string(j, "engine", vmm_engine_name(v->engine));
     p2v_json_key(j, "calibration");
-    p2v_json_object_begin(j);
-    p2v_json_key(j, "kvm_present");
-    p2v_json_bool(j, v->cal.kvm_present);
-    p2v_json_key(j, "fast");
-    p2v_json_bool(j, v->cal.fast);
-    p2v_json_key(j, "mips");
-    p2v_json_double(j, v->cal.mips);
-    p2v_json_key(j, "exit_us");
-    p2v_json_double(j, v->cal.exit_us);
-    p2v_json_kv_string(j, "note", v->cal.note);
-    p2v_json_object_end(j);
-    p2v_json_key(j, "seconds");
-    p2v_json_double(j, v->seconds);
-    p2v_json_key(j, "load_seconds");
-    p2v_json_double(j, v->load_seconds);
+    vmm_calibration_json(&v->cal, j);
+    p2v_json_kv_double(j, "seconds", v->seconds);
+    p2v_json_kv_double(j, "load_seconds", v->load_seconds);
     p2v_json_key(j, "boot");
     p2v_json_object_begin(j);
     p2v_json_kv_string(j, "config", v->config);
@@ -961,22 +961,14 @@ void vmm_verdict_json(const struct vmm_verdict *v, const struct vmm_opts *o, str
     p2v_json_array_end(j);
     p2v_json_key(j, "figures");
     p2v_json_object_begin(j);
-    p2v_json_key(j, "console_bytes");
-    p2v_json_u64(j, v->console_bytes);
-    p2v_json_key(j, "first_output_seconds");
-    p2v_json_double(j, v->first_output_s);
-    p2v_json_key(j, "exits");
-    p2v_json_u64(j, v->exits);
-    p2v_json_key(j, "disk_requests");
-    p2v_json_u64(j, v->disk_requests);
-    p2v_json_key(j, "disk_read_bytes");
-    p2v_json_u64(j, v->disk_read_bytes);
-    p2v_json_key(j, "overlay_bytes");
-    p2v_json_u64(j, v->overlay_bytes);
-    p2v_json_key(j, "vmm_rss_kib");
-    p2v_json_u64(j, v->vmm_rss_kib);
-    p2v_json_key(j, "resets");
-    p2v_json_u64(j, v->resets);
+    p2v_json_kv_u64(j, "console_bytes", v->console_bytes);
+    p2v_json_kv_double(j, "first_output_seconds", v->first_output_s);
+    p2v_json_kv_u64(j, "exits", v->exits);
+    p2v_json_kv_u64(j, "disk_requests", v->disk_requests);
+    p2v_json_kv_u64(j, "disk_read_bytes", v->disk_read_bytes);
+    p2v_json_kv_u64(j, "overlay_bytes", v->overlay_bytes);
+    p2v_json_kv_u64(j, "vmm_rss_kib", v->vmm_rss_kib);
+    p2v_json_kv_u64(j, "resets", v->resets);
     p2v_json_object_end(j);
     p2v_json_object_end(j);
 }

@@ -52,6 +52,9 @@ struct vmm_calibration {
 #define VMM_FAST_MIPS 1000.0
 #define VMM_FAST_EXIT_US 20.0
 
+/* Write @c as one JSON object (with "engine": what engine auto makes of it). */
+void vmm_calibration_json(const struct vmm_calibration *c, struct p2v_json *j);
+
 /* Time a calibration guest on /dev/kvm (bounded to about a second). Never fails: a missing
  * or failing /dev/kvm is reported in @c. */
 void vmm_calibrate(struct vmm_calibration *c);
