@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vmm.h"
 
@@ -264,6 +265,10 @@ int main(int argc, char **argv)
         o.interactive = true;
         o.until_poweroff = true;
     }
+    /* a last guard: whatever happens inside (a guest or an engine that does not let go),
+     * the command ends within its time limit plus a minute, with the alarm's status */
+    if (o.timeout_s > 0 && !inspect)
+        alarm((unsigned)o.timeout_s + 60);
     v = calloc(1, sizeof *v);
     if (!v) {
         fprintf(stderr, "p2v-vmm: out of memory\n");
