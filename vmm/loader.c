@@ -221,6 +221,14 @@ static void bz_version_string(const uint8_t *k, const struct bz_info *bz, char *
     out[n] = '\0';
 }
 
+void vmm_bzimage_version(const uint8_t *k, size_t klen, char *out, size_t outlen)
+{
+    struct bz_info bz;
+    out[0] = '\0';
+    if (bz_parse(k, klen, &bz, NULL) == 0)
+        bz_version_string(k, &bz, out, outlen);
+}
+
 static uint8_t *e820_add(uint8_t *p, uint64_t addr, uint64_t size, uint32_t type)
 {
     p2v_put_u64le(p, addr);

@@ -231,6 +231,9 @@ struct vmm_loaded {
 /* Check that @k is a bzImage we can boot: "HdrS", protocol >= 2.06, a 64-bit entry
  * (XLF_KERNEL_64), sizes consistent with the file. */
 int vmm_bzimage_check(const uint8_t *k, size_t klen, struct p2v_err *err);
+/* The setup header's kernel version string into @out ("" when there is none or @k is not a
+ * bzImage we can boot). */
+void vmm_bzimage_version(const uint8_t *k, size_t klen, char *out, size_t outlen);
 
 /* Load the bzImage @k, the initrd @initrd (may be NULL/0) and @cmdline into @mem; build
  * boot_params (e820 map from the RAM size and our reserved ranges), the identity page tables

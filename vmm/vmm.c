@@ -152,9 +152,7 @@ static char *compose_cmdline(const char *base)
         }
         size_t n = (size_t)(e - p);
         bool drop = (n == 5 && !strncmp(p, "quiet", 5)) || (n == 6 && !strncmp(p, "splash", 6));
-        if (n > 13 && !strncmp(p, "console=ttyS0", 13))
-            has_console = true;
-        if (n == 13 && !strncmp(p, "console=ttyS0", 13))
+        if (n >= 13 && !strncmp(p, "console=ttyS0", 13))
             has_console = true;
         if (!drop) {
             if (b.len)
@@ -234,19 +232,7 @@ static int load_material(const struct vmm_opts *o, struct vmm_disk *disk,
         goto out;
     }
     snprintf(v->cmdline, sizeof v->cmdline, "%s", b->cmdline);
-    /* the kernel version string, from the setup header */
-    if (b->kernel_len > 0x210) {
-        uint16_t off = p2v_get_u16le(b->kernel + 0x20e);
-        size_t at = 0x200u + off, i = 0;
-        if (off && at < b->kernel_len) {
-            while (at + i < b->kernel_len && i < sizeof v->kernel_version - 1 &&
-                   b->kernel[at + i] >= 0x20 && b->kernel[at + i] < 0x7f) {
-                v->kernel_version[i] = (char)b->kernel[at + i];
-                i++;
-            }
-            v->kernel_version[i] = 0;
-        }
-    }
+    vmm_bzimage_version(b->kernel, b->kernel_len, v->kernel_version, sizeof v->kernel_version);
     r = 0;
 out:
     vmm_bootcfg_release(&cfg);
