@@ -1612,6 +1612,30 @@ static void inj_release(struct inj *in)
         rmdir(in->tmpdir);
 }
 
+/* A disk whose first MiB and last sector read as zeros has no partition table (MBR,
+ * GPT or its backup header) and no whole-disk file system, LVM or LUKS label: inspection
+ * could find nothing, so it is refused at once instead of after an appliance boot. 1:
+ * blank, 0: not (or not readable here: the appliance decides). */
+static int disk_is_blank(const char *path, const char *fmt)
+{
+    enum { HEAD = 1 << 20 };
+    struct p2v_err e;
+    struct diskfmt *d = diskfmt_open(path, fmt, DISKFMT_RDONLY, &e);
+    unsigned char *buf = malloc(HEAD);
+    int blank = 0;
+
+    if (d && buf) {
+        uint64_t size = diskfmt_size(d), head = size < HEAD ? size : HEAD;
+        blank = size >= 512 && diskfmt_pread(d, buf, head, 0, &e) == 0 &&
+                p2v_is_zero(buf, head) &&
+                diskfmt_pread(d, buf, 512, size - 512, &e) == 0 && p2v_is_zero(buf, 512);
+    }
+    free(buf);
+    if (d)
+        diskfmt_close(d, &e);
+    return blank;
+}
+
 enum di_status di_inject(const struct di_options *o, struct di_report **report,
                          struct p2v_err *err)
 {
@@ -1643,6 +1667,12 @@ enum di_status di_inject(const struct di_options *o, struct di_report **report,
     }
     if (!fmt && diskfmt_probe(o->disk, &fmt, err) < 0)
         goto out;
+    if (disk_is_blank(o->disk, fmt)) {
+        p2v_err_set(err, ENOENT, "no operating system found on '%s' (the disk is blank: its "
+                    "first MiB and last sector read as zeros)", o->disk);
+        st = DI_NO_OS;
+        goto out;
+    }
     r->disk = strdup(o->disk);
     r->format = strdup(fmt);
     r->dry_run = o->dry_run;

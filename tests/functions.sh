@@ -11,9 +11,12 @@
 #   tmpdir                    prints a fresh folder removed at exit
 #   p2v_bin NAME              prints the path of one of our built programs
 #   fixture NAME              prints a fixture image's path (builds it when missing)
-#   injected_fixture NAME     prints the path of a copy of fixture NAME made bootable on
-#                             virtio by our p2v-inject (cached beside the fixtures, keyed by
-#                             the fixture and the p2v-inject binary)
+#   injected_fixture NAME [FMT]
+#                             prints the path of a copy of fixture NAME (as FMT: raw, the
+#                             default, or qcow2...) made bootable on virtio by our p2v-inject
+#                             (cached beside the fixtures, keyed by the fixture, the format and
+#                             the p2v-inject binary); beside it report.json (p2v-inject --json),
+#                             inject.log (stderr) and inject.secs
 #   qemu_boot_expect LOG TIMEOUT PATTERN QEMU-ARGS...
 #                             boots, returns 0 when PATTERN shows on the serial log
 #                             within TIMEOUT seconds, 1 otherwise; QEMU is stopped.
@@ -47,6 +50,10 @@ trap _tap_exit EXIT
 plan() { _tap_planned=$1; echo "1..$1"; }
 skip_all() { _tap_planned=skip; echo "1..0 # SKIP $*"; exit 0; }
 bail() { echo "Bail out! $*"; _tap_fail=1; exit 1; }
+# skip N REASON: N planned tests reported as skipped
+skip() { local i; for i in $(seq "$1"); do _tap_n=$((_tap_n + 1)); echo "ok $_tap_n # SKIP $2"; done; }
+# sanitizer_run: true in the ASan + UBSan pass of scripts/test-all (P2V_SANITIZER_RUN=1)
+sanitizer_run() { [ -n "${P2V_SANITIZER_RUN:-}" ]; }
 diag() { local l; while IFS= read -r l; do echo "# $l"; done <<<"$*"; }
 
 ok() {
@@ -112,25 +119,28 @@ fixture() {
 }
 
 injected_fixture() {
-    local name=$1 img inject key dir cache=${P2V_FIXTURE_CACHE:-/var/tmp/p2vkit-fixtures}
+    local name=$1 fmt=${2:-raw} img inject key dir cache=${P2V_FIXTURE_CACHE:-/var/tmp/p2vkit-fixtures}
     img=$(fixture "$name") || return 1
     inject=$(p2v_bin p2v-inject) || return 1
-    key=$( { cat "$(dirname "$img")/fixture.env"; cat "$inject"; } | sha256sum | cut -c1-12)
-    dir=$cache/injected-$name-$key
-    if [ ! -f "$dir/disk.img" ]; then
+    key=$( { cat "$(dirname "$img")/fixture.env"; cat "$inject"; echo "$fmt"; } | sha256sum | cut -c1-12)
+    dir=$cache/injected-$name-$fmt-$key
+    if [ ! -f "$dir/disk.$fmt" ]; then
         (
-            exec 9>"$cache/.injected-$name.lock"
+            exec 9>"$cache/.injected-$name-$fmt.lock"
             flock 9
-            [ -f "$dir/disk.img" ] && exit 0
-            rm -rf "$cache/injected-$name"-*      # older copies
-            mkdir -p "$dir.tmp.$$"
-            cp --sparse=always "$img" "$dir.tmp.$$/disk.img" &&
-                "$inject" "$dir.tmp.$$/disk.img" >"$dir.tmp.$$/inject.log" 2>&1 &&
-                cp "$(dirname "$img")/fixture.env" "$dir.tmp.$$/" &&
-                mv "$dir.tmp.$$" "$dir" || { cat "$dir.tmp.$$/inject.log" >&2; rm -rf "$dir.tmp.$$"; exit 1; }
+            [ -f "$dir/disk.$fmt" ] && exit 0
+            rm -rf "$cache/injected-$name-$fmt"-* "$cache/injected-$name"-[0-9a-f]*[0-9a-f]  # older copies
+            t=$dir.tmp.$$
+            mkdir -p "$t"
+            if [ "$fmt" = raw ]; then cp --sparse=always "$img" "$t/disk.raw"; else qemu-img convert -O "$fmt" "$img" "$t/disk.$fmt"; fi &&
+                t0=$SECONDS &&
+                "$inject" -f "$fmt" --json "$t/disk.$fmt" >"$t/report.json" 2>"$t/inject.log" &&
+                echo $((SECONDS - t0)) >"$t/inject.secs" &&
+                cp "$(dirname "$img")/fixture.env" "$t/" &&
+                mv "$t" "$dir" || { cat "$t/inject.log" >&2; rm -rf "$t"; exit 1; }
         ) || { echo "injected_fixture: p2v-inject on $name failed" >&2; return 1; }
     fi
-    echo "$dir/disk.img"
+    echo "$dir/disk.$fmt"
 }
 
 qemu_boot_expect() {

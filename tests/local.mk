@@ -25,8 +25,25 @@ FIXTURE_TESTS = \
 TESTS += $(CODE_TESTS) $(FIXTURE_TESTS)
 EXTRA_DIST += $(CODE_TESTS) $(FIXTURE_TESTS) tests/bench tests/fuzz
 
+# The slowest tests, slowest first (measured in a CI run): scripts/test-all starts them
+# first so that `make -j` does not end on one long test alone.
+SLOW_TESTS = \
+	tests/integration/vmm-kvm.sh \
+	tests/integration/capture-faults.sh \
+	tests/integration/inject-debian12.sh \
+	tests/integration/inject-errors.sh \
+	tests/integration/fixture-debian12-bios.sh \
+	tests/integration/inject-mini-bios.sh \
+	tests/integration/capture-fixtures.sh \
+	tests/integration/media-errors.sh \
+	tests/integration/vmm-qemu.sh \
+	tests/integration/media-build.sh \
+	tests/integration/vmconfig-boot.sh
+ORDERED_TESTS = $(foreach t,$(SLOW_TESTS),$(filter $(t),$(TESTS))) $(filter-out $(SLOW_TESTS),$(TESTS))
 # The sanitizer build runs every test but the fixture proofs and the HEAVY_TESTS.
-SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS) $(HEAVY_TESTS),$(TESTS))
+SANITIZER_TESTS = $(filter-out $(FIXTURE_TESTS) $(HEAVY_TESTS),$(ORDERED_TESTS))
+print-check-tests:
+	@echo $(ORDERED_TESTS)
 print-sanitizer-tests:
 	@echo $(SANITIZER_TESTS)
-.PHONY: print-sanitizer-tests
+.PHONY: print-check-tests print-sanitizer-tests

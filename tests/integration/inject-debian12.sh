@@ -1,37 +1,27 @@
 #!/bin/bash
-# p2v-inject on the debian12-bios fixture, converted to qcow2 first (so that -f qcow2 is
-# what runs): initramfs-tools with MODULES=list and no virtio, GRUB, root by UUID. QEMU
-# is the oracle: on virtio-blk the control never reaches login:, after the injection it
-# boots to its marker (/etc/issue, shown before login:). A second run changes nothing.
+# p2v-inject on the debian12-bios fixture as qcow2 (so that -f qcow2 is what runs):
+# initramfs-tools with MODULES=list and no virtio, GRUB, root by UUID. The injection is the
+# one tests/functions.sh's injected_fixture caches; here its report is checked, and a
+# second run changes nothing. That the injected guest boots on virtio-blk to its login
+# prompt is proved by QEMU in tests/e2e/pipeline.sh (the server's verification of the
+# captured debian12 machine) and by our VMM in vmm-kvm.sh (this very copy); that the
+# untouched fixture does not, by fixture-debian12-bios.sh.
 # The default --initramfs auto appends to the current initrd in initramfs-tools' layout
 # (modules, module index, /conf/modules) and edits /etc/initramfs-tools/modules, without
 # running update-initramfs (minutes under TCG); --initramfs rebuild is checked as a plan
 # (dry run) only.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
-require_tool qemu-system-x86_64 qemu-img sha256sum python3
-plan 15
+require_tool qemu-img sha256sum python3
+plan 12
 
 inject=$(p2v_bin p2v-inject)
 src=$(fixture debian12-bios)
 . "$(dirname "$src")/fixture.env"
 work=$(tmpdir)
 img=$work/disk.qcow2
-boot_timeout=${P2V_BOOT_TIMEOUT:-150}
 qemu-img convert -O qcow2 "$src" "$img" || bail "qemu-img convert failed"
 jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 
-boot() {
-    local name=$1 pat=$2 t0=$SECONDS rc=0
-    qemu_boot_expect "$work/$name.log" "$boot_timeout" "$pat" \
-        -drive "file=$img,format=qcow2,if=virtio,snapshot=on" || rc=$?
-    diag "$name: $(( SECONDS - t0 )) s to /$pat/ ($([ $rc -eq 0 ] && echo seen || echo NOT seen))"
-    return $rc
-}
-
-# ---- control: on virtio the initramfs cannot find the root
-boot control '\(initramfs\)|login:' || true
-ok "control: on virtio-blk the initramfs gives up (ALERT!), no login:" bash -c \
-    'grep -aq "ALERT!" "$1" && ! grep -aq "login:" "$1"' _ "$work/control.log"
 sum0=$(sha256sum "$img" | cut -d' ' -f1)
 
 # ---- --initramfs rebuild, planned only (dry run: read-only, no boot)
@@ -45,12 +35,14 @@ assert any(x[\"method\"] == \"initramfs-tools\" and \"update-initramfs -u -k all
     _ "$work/dry.json" "$rc"
 is "$(sha256sum "$img" | cut -d' ' -f1)" "$sum0" "dry run: the image is unchanged (sha256)"
 
-# ---- the injection (-f qcow2)
-t0=$SECONDS; rc=0
-"$inject" -f qcow2 --json "$img" >"$work/run1.json" 2>"$work/run1.err" || rc=$?
-diag "p2v-inject: $(( SECONDS - t0 )) s"
+# ---- the injection (-f qcow2), cached: the untouched qcow2 above is no longer needed
+rc=0
+injected=$(injected_fixture debian12-bios qcow2) || rc=$?
 is "$rc" 0 "p2v-inject -f qcow2: exit 0"
-[ $rc -eq 0 ] || diag "$(cat "$work/run1.err")"
+[ $rc -eq 0 ] || bail "p2v-inject failed on the debian12 fixture"
+diag "p2v-inject: $(cat "$(dirname "$injected")/inject.secs") s (cached in $(dirname "$injected"))"
+cp "$(dirname "$injected")/report.json" "$work/run1.json"
+cp "$injected" "$img"
 is "$(jget "$work/run1.json" '(j["format"], j["inspection"]["distro"], j["inspection"]["major_version"], j["inspection"]["bootloader"], j["inspection"]["initramfs_tool"])')" \
     "('qcow2', 'debian', 12, 'grub2', 'initramfs-tools')" "inspection: qcow2, Debian 12, GRUB 2, initramfs-tools"
 is "$(jget "$work/run1.json" '[(k["version"], k["method"], k["status"]) for k in j["inspection"]["kernels"]]')" \
@@ -64,11 +56,6 @@ assert not any(\"update-initramfs\" in (x.get(\"detail\") or \"\") for x in c), 
 ok "report: no device-name change (the fixture already uses UUID=)" test \
     "$(jget "$work/run1.json" 'len([c for c in j["changes"] if c["kind"] == "device-name"])')" = 0
 ok "qemu-img check: the qcow2 is consistent" qemu-img check -q "$img"
-
-# ---- QEMU: now it boots on virtio
-boot virtio "$FIXTURE_MARKER|login:|\(initramfs\)" || true
-ok "virtio-blk: boots to the marker ($FIXTURE_MARKER)" grep -aq "$FIXTURE_MARKER" "$work/virtio.log"
-ok "virtio-blk: root found on vda" grep -aqE "vda|virtio_blk" "$work/virtio.log"
 
 # ---- a second run changes nothing
 sum1=$(sha256sum "$img" | cut -d' ' -f1)

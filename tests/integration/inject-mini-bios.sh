@@ -1,13 +1,14 @@
 #!/bin/bash
 # p2v-inject on the mini-bios fixture: an initramfs built by no tool (busybox, a shell
 # /init) and /dev/sda names in fstab and on extlinux's APPEND line. QEMU is the oracle:
-# on virtio-blk the fixture does not boot before (its initramfs says "ALERT! root
-# device"), and reaches its marker after. A dry run and a second run write nothing.
+# after the injection the guest reaches its marker on virtio-blk (that the untouched
+# fixture does not, its initramfs saying "ALERT! root device", is fixture-mini-bios.sh's
+# proof). A second run writes nothing (the dry run on this fixture is inject-errors.sh's).
 # First the copy gets leftovers of a machine that once was a VMware guest (written with
 # debugfs): a udev rule binding eth0 to a MAC, an enabled open-vm-tools unit; both go.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 sfdisk e2fsck debugfs sha256sum python3
-plan 19
+plan 15
 
 inject=$(p2v_bin p2v-inject)
 src=$(fixture mini-bios)
@@ -52,20 +53,6 @@ boot() {
     [ $rc -eq 0 ] || diag "$(tail -n 15 "$work/$name.log" | tr -d '\r' | cut -c1-160)"
     return $rc
 }
-
-# ---- control: the fixture as captured does not boot on virtio
-boot control 75 "reboot: Power down|$FIXTURE_MARKER" || true
-ok "control: on virtio-blk the initramfs cannot find its root (ALERT! root device)" \
-    grep -aq "ALERT! root device" "$work/control.log"
-
-# ---- dry run: lists the changes, writes nothing
-t0=$SECONDS; rc=0
-"$inject" --dry-run --remove-vmware-tools --json "$img" >"$work/dry.json" 2>"$work/dry.err" || rc=$?
-diag "dry run: $(( SECONDS - t0 )) s"
-is "$rc" 0 "dry run: exit 0"
-is "$(sha256sum "$img" | cut -d' ' -f1)" "$sum0" "dry run: the image is unchanged (sha256)"
-ok "dry run: reports 6 planned changes, not applied" test \
-    "$(jget "$work/dry.json" '(j["dry_run"], j["change_count"], j["applied"])')" = "(True, 6, False)"
 
 # ---- the injection
 t0=$SECONDS; rc=0

@@ -5,14 +5,15 @@
 # (streamOptimized, monolithicSparse), VHD and VHDX, and its hash matches the host's each
 # time, and when told to reset at once it gets the reset-loop verdict;
 # the mini-bios fixture made bootable on virtio comes up from its own extlinux.conf with two
-# vCPUs, and as streamOptimized VMDK; the untouched fixture gives "root not found"; a garbage
-# kernel a clean failure; a guest that never shows the pattern a timeout within timeout + 1 s;
-# the debian12 fixture made bootable reaches its login prompt from its own grub.cfg. Every
-# image is unchanged. Heavy: about three minutes of nested boots.
+# vCPUs, and as streamOptimized and monolithicSparse VMDK and VHDX; the untouched fixture
+# gives "root not found"; a garbage kernel a clean failure; a guest that never shows the
+# pattern a timeout within timeout + 1 s; the debian12 fixture made bootable reaches its
+# login prompt from its own grub.cfg as qcow2, and untouched gives "root not found". Every
+# image is unchanged. Heavy: about five minutes of nested boots.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 qemu-img bc
 vmm=$(p2v_bin p2v-vmm)
-plan 30
+plan 34
 
 # the work folder must be visible in the nested machine: under the build tree (shared)
 work=$(mktemp -d "$top_builddir/tests/vmm-kvm.XXXXXX") || bail "mktemp"
@@ -24,11 +25,16 @@ secs() { cat "$work/$1.secs" 2>/dev/null || echo 0; }
 # ---- the disks -----------------------------------------------------------------------------
 injected=$(injected_fixture mini-bios) || bail "no injected mini-bios"
 plain=$(fixture mini-bios)
-deb=$(injected_fixture debian12-bios) || bail "no injected debian12-bios"
+deb_plain=$(fixture debian12-bios) || bail "no debian12-bios fixture"
+deb=$(injected_fixture debian12-bios qcow2) || bail "no injected debian12-bios"
 cp --sparse=always "$injected" "$work/mini.raw"
 cp --sparse=always "$plain" "$work/plain.raw"
-cp --sparse=always "$deb" "$work/debian.raw"
+cp "$deb" "$work/debian.qcow2"
 qemu-img convert -O vmdk -o subformat=streamOptimized "$injected" "$work/mini-stream.vmdk"
+qemu-img convert -O vmdk -o subformat=monolithicSparse "$injected" "$work/mini-sparse.vmdk"
+qemu-img convert -O vhdx "$injected" "$work/mini.vhdx"
+# 3 GiB: not copied; the nested machine sees it read-only, its hash is the fixture's record
+ln -s "$deb_plain" "$work/debian-plain.raw"
 head -c 300000 /dev/urandom >"$work/garbage.bin"
 # the test guest's disk: 4 MiB of random data, in every format
 head -c $((4 << 20)) /dev/urandom >"$work/guest.raw"
@@ -41,12 +47,12 @@ echo 8192 >"$work/guest.sectors"
 want_hash=$(sha256sum <"$work/guest.raw" | cut -d' ' -f1)
 bash "$top_srcdir/tests/kvm/guest/build-guest.sh" "$work/testguest.bz" >"$work/build-guest.log" 2>&1 ||
     { diag "$(tail -n 20 "$work/build-guest.log")"; bail "the test guest did not build"; }
-(cd "$work" && sha256sum mini.raw mini-stream.vmdk plain.raw debian.raw guest.* >sums.before)
+(cd "$work" && sha256sum mini.raw mini-stream.vmdk mini-sparse.vmdk mini.vhdx plain.raw debian.qcow2 guest.* >sums.before)
 
 # ---- the runs, where KVM is --------------------------------------------------------------
 t0=$(date +%s)
 P2V_VMM=$vmm abs_top_builddir=$top_builddir abs_top_srcdir=$top_srcdir \
-    P2V_NEST_MEM=${P2V_NEST_MEM:-2048} P2V_NEST_TIMEOUT=${P2V_NEST_TIMEOUT:-1200} \
+    P2V_NEST_RO=$(dirname "$deb_plain") P2V_NEST_MEM=${P2V_NEST_MEM:-2048} P2V_NEST_TIMEOUT=${P2V_NEST_TIMEOUT:-1200} \
     "$top_srcdir/tests/kvm/kvm-run" bash "$top_srcdir/tests/kvm/vmm-cases.sh" "$work" \
     >"$work/cases.log" 2>&1
 krc=$?
@@ -66,7 +72,7 @@ ok "it found the PCI host bridge and the virtio-blk device" \
     bash -c "grep -aq '8086:1237' '$work/guest-raw.out' && grep -aq '1af4:1042' '$work/guest-raw.out'"
 
 # ---- mini-bios ------------------------------------------------------------------------------
-for c in mini-raw mini-vmdk-stream; do
+for c in mini-raw mini-vmdk-stream mini-vmdk-sparse mini-vhdx; do
     is "$(rc $c):$(jget $c "['result']"):$(jget $c "['root_device']")" "0:success:vda1" \
         "$c: success, root on vda1 ($(secs $c) s)"
 done
@@ -98,10 +104,15 @@ is "$(rc debian):$(jget debian "['result']")" "0:success" "debian12: success ($(
 ok "its boot came from grub.cfg" grep -q 'grub.cfg' "$work/debian.out"
 ok "the login prompt was the match" bash -c "grep -q 'login:' <<<'$(jget debian "['matched']")'"
 [ "$(rc debian)" = 0 ] || diag "$(tail -n 30 "$work/debian.out")"
+is "$(rc debian-plain):$(jget debian-plain "['result']")" "14:root-not-found" \
+    "debian12 untouched: root not found ($(secs debian-plain) s)"
+ok "the reason quotes the initramfs" grep -Eq 'Gave up waiting for root|ALERT' "$work/debian-plain.out"
+[ "$(rc debian-plain)" = 14 ] || diag "$(tail -n 30 "$work/debian-plain.out" "$work/debian-plain.err")"
 
 # ---- nothing written -----------------------------------------------------------------------
 (cd "$work" && sha256sum -c --quiet sums.before) >"$work/sums.check" 2>&1
-is "$?" 0 "every image is byte-identical after the runs"
+is "$?/$(sha256sum <"$deb_plain" | cut -d' ' -f1)" "0/$(. "$(dirname "$deb_plain")/fixture.env"; echo "$FIXTURE_SHA256")" \
+    "every image is byte-identical after the runs"
 diag "$(cat "$work/sums.check")"
 ok "the JSON names the calibration state" test -n "$(jget mini-raw "['calibration']['note']")"
 ok "the exits are counted ($(jget mini-raw "['figures']['exits']"))" \

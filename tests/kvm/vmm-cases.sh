@@ -29,9 +29,12 @@ for f in raw qcow2 vmdk-stream vmdk-sparse vhd vhdx; do
         --append "sectors=$(cat guest.sectors)" "guest.$f"
 done
 # the mini-bios fixture made bootable on virtio, from its own extlinux.conf: raw with two
-# vCPUs (MP table, APs started through the in-kernel APIC), and as streamOptimized VMDK
+# vCPUs (MP table, APs started through the in-kernel APIC), and as streamOptimized VMDK,
+# monolithicSparse VMDK and VHDX (the format found by libdiskfmt's probe)
 run mini-raw verify --json $common --cpus 2 --log mini-raw.log mini.raw
 run mini-vmdk-stream verify --json $common -f vmdk mini-stream.vmdk
+run mini-vmdk-sparse verify --json $common mini-sparse.vmdk
+run mini-vhdx verify --json $common mini.vhdx
 # the untouched fixture cannot find its root; a garbage kernel; a guest that resets at once
 # (reset loop); a guest that never shows the pattern (the verdict must come within
 # timeout + 1 s)
@@ -40,7 +43,11 @@ run garbage verify --json $common --kernel garbage.bin --append root=/dev/vda1 m
 run reset verify --json --engine kvm --memory 64 --timeout 30 --kernel testguest.bz \
     --append reset guest.raw
 run hung verify --json --engine kvm --memory 512 --timeout 5 --expect 'NEVER-SHOWN-[0-9]{9}' mini.raw
-# the debian12 fixture made bootable: its own grub.cfg, up to the login prompt
+# the debian12 fixture made bootable (as qcow2): its own grub.cfg, up to the login prompt
 run debian verify --json --engine kvm --memory 1024 --timeout 300 --log debian.log \
-    --expect '(^|[^A-Za-z])login: *$' debian.raw
+    --expect '(^|[^A-Za-z])login: *$' debian.qcow2
+# the debian12 fixture untouched (read-only, straight from the fixture cache): its
+# initramfs gives up waiting for the root device
+run debian-plain verify --json --engine kvm --memory 1024 --timeout 300 --log debian-plain.log \
+    debian-plain.raw
 exit 0
