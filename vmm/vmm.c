@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -631,17 +632,23 @@ static int run_qemu(const struct vmm_opts *o, const struct boot_material *b,
         p2v_err_errno(err, "cannot create '%s'", epath);
         goto out;
     }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, efd, 2);
     con->power_on = now_s();
-    int rc = posix_spawnp(&pid, qemu, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc) {
+    pid_t parent = getpid();
+    pid = fork();
+    if (pid == 0) {
+        /* QEMU dies with the thread that runs it: a verifier that is killed (a server
+         * restarted in the middle of a verification) leaves no guest running */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul < 0 || dup2(nul, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(efd, 2) < 0)
+            _exit(127);
+        execvp(qemu, argv);
+        _exit(127);
+    }
+    if (pid < 0) {
         pid = -1;
-        errno = rc;
         p2v_err_errno(err, "cannot run '%s'", qemu);
         goto out;
     }
