@@ -90,63 +90,97 @@ check() {
 max_resent=0 resumed=0 late=0
 note() { [ "$1" -gt "$max_resent" ] && max_resent=$1; }
 
+# The three kinds run at the same time (the paced transfers mostly wait), each against a
+# server of its own: kind 1 on the first store's server, kinds 2 and 3 on their own
+# stores. Each writes NAME RESENT lines to $work/KIND.results; the checks come after, in
+# order.
+store_for() { case $1 in ka*) echo "$main_store" ;; ks*) echo "$work/store-ks" ;; kl*) echo "$work/store-kl" ;; esac; }
+main_store=$store
+clone_store() { # a second store with the same identity and token (the agent's FP/TOKEN)
+    mkdir -p "$1/jobs" && cp -p "$main_store/server.key" "$main_store/server.crt" \
+        "$main_store/token" "$1/" && chmod 700 "$1"
+}
+
 # 1. SIGKILL the agent, run it again
-for k in $(seq "$points"); do
-    name=ka$k
-    d=$(rand_delay $name $k)
-    # the program itself in the background (not the agent() function: its subshell
-    # would take the SIGKILL and leave the agent running)
-    "$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
-        --name $name --disk "$src" --max-rate $rate >/dev/null 2>&1 &
-    pid=$!
-    wait_started $name || diag "$name: the server committed nothing within 30 s"
-    sleep "$d"; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
-    agent --name $name --disk "$src" --json >"$work/$name.ev" 2>"$work/$name.err" ||
-        diag "$name: rerun failed: $(tail -2 "$work/$name.err")"
-    # every data byte the server received for this job, over both runs, minus one copy
-    resent=$(( $(job_field "$store" $name bytes-received) - planned ))
-    [ "$resent" -lt 0 ] && resent=0
-    note $resent
-    check $name "$work/$name.ev" $resent
-done
+kind_agent() {
+    for k in $(seq "$points"); do
+        name=ka$k
+        d=$(rand_delay $name $k)
+        # the program itself in the background (not the agent() function: its subshell
+        # would take the SIGKILL and leave the agent running)
+        "$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
+            --name $name --disk "$src" --max-rate $rate >/dev/null 2>&1 &
+        pid=$!
+        wait_started $name || echo "$name: the server committed nothing within 30 s" >>"$work/ka.diag"
+        sleep "$d"; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+        agent --name $name --disk "$src" --json >"$work/$name.ev" 2>"$work/$name.err" ||
+            echo "$name: rerun failed: $(tail -2 "$work/$name.err")" >>"$work/ka.diag"
+        # every data byte the server received for this job, over both runs, minus one copy
+        echo "$name $(( $(job_field "$store" $name bytes-received) - planned ))" >>"$work/ka.results"
+    done
+}
 
 # 2. SIGKILL the server, start it again on the same port; the agent reconnects
-for k in $(seq "$points"); do
-    name=ks$k
-    d=$(rand_delay $name $((k + 100)))
-    agent --name $name --disk "$src" --max-rate $rate --json >"$work/$name.ev" 2>"$work/$name.err" &
-    pid=$!
-    wait_started $name || diag "$name: the server committed nothing within 30 s"
-    sleep "$d"; server_kill
+kind_server() {
+    local store=$work/store-ks port
+    clone_store "$store"
+    port=$(free_port)
     server_start "$store" "$port" --window ${window_mib}M
-    wait $pid || diag "$name: agent failed: $(tail -2 "$work/$name.err")"
-    # the agent's own count: data bytes sent over all its sessions, minus one copy
-    resent=$(( $(json_field "$work/$name.ev" bytes-sent) - planned ))
-    [ "$resent" -lt 0 ] && resent=0
-    note $resent
-    check $name "$work/$name.ev" $resent
-done
+    for k in $(seq "$points"); do
+        name=ks$k
+        d=$(rand_delay $name $((k + 100)))
+        agent --name $name --disk "$src" --max-rate $rate --json >"$work/$name.ev" 2>"$work/$name.err" &
+        pid=$!
+        wait_started $name || echo "$name: the server committed nothing within 30 s" >>"$work/ks.diag"
+        sleep "$d"; server_kill
+        server_start "$store" "$port" --window ${window_mib}M
+        wait $pid || echo "$name: agent failed: $(tail -2 "$work/$name.err")" >>"$work/ks.diag"
+        # the agent's own count: data bytes sent over all its sessions, minus one copy
+        echo "$name $(( $(json_field "$work/$name.ev" bytes-sent) - planned ))" >>"$work/ks.results"
+    done
+    server_stop
+}
 
 # 3. cut the TCP link through a fault proxy at a random byte count; the agent reconnects
-total_wire=$(json_field "$work/calib.ev" wire-bytes)   # TLS bytes of a whole capture
-for k in $(seq "$points"); do
-    name=kl$k
-    cut=$(awk -v t="$total_wire" -v s="$RANDOM$k" 'BEGIN {srand(s); printf "%d", (0.15 + rand() * 0.7) * t}')
-    rm -f "$work/proxy.port"
-    "$PROXY" --listen 127.0.0.1:0 --to "127.0.0.1:$port" --port-file "$work/proxy.port" \
-        --cut-after "$cut" 2>"$work/proxy-$k.log" &
-    ppid=$!
-    for i in $(seq 50); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
-    "$AGENT" --server "127.0.0.1:$(cat "$work/proxy.port")" --fingerprint "$FP" --token "$TOKEN" \
-        --progress none --name $name --disk "$src" --max-rate $rate --json \
-        >"$work/$name.ev" 2>"$work/$name.err" ||
-        diag "$name: agent failed: $(tail -2 "$work/$name.err")"
-    kill $ppid 2>/dev/null; wait $ppid 2>/dev/null
-    resent=$(( $(json_field "$work/$name.ev" bytes-sent) - planned ))
-    [ "$resent" -lt 0 ] && resent=0
-    note $resent
-    check $name "$work/$name.ev" $resent
+kind_link() {
+    local store=$work/store-kl port
+    clone_store "$store"
+    server_start "$store" 0 --window ${window_mib}M
+    port=$PORT
+    total_wire=$(json_field "$work/calib.ev" wire-bytes)   # TLS bytes of a whole capture
+    for k in $(seq "$points"); do
+        name=kl$k
+        cut=$(awk -v t="$total_wire" -v s="$RANDOM$k" 'BEGIN {srand(s); printf "%d", (0.15 + rand() * 0.7) * t}')
+        rm -f "$work/proxy.port"
+        "$PROXY" --listen 127.0.0.1:0 --to "127.0.0.1:$port" --port-file "$work/proxy.port" \
+            --cut-after "$cut" 2>"$work/proxy-$k.log" &
+        ppid=$!
+        for i in $(seq 50); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
+        "$AGENT" --server "127.0.0.1:$(cat "$work/proxy.port")" --fingerprint "$FP" --token "$TOKEN" \
+            --progress none --name $name --disk "$src" --max-rate $rate --json \
+            >"$work/$name.ev" 2>"$work/$name.err" ||
+            echo "$name: agent failed: $(tail -2 "$work/$name.err")" >>"$work/kl.diag"
+        kill $ppid 2>/dev/null; wait $ppid 2>/dev/null
+        echo "$name $(( $(json_field "$work/$name.ev" bytes-sent) - planned ))" >>"$work/kl.results"
+    done
+    server_stop
+}
+
+t0=$SECONDS
+kind_agent & p1=$!
+kind_server & p2=$!
+kind_link & p3=$!
+wait $p1 $p2 $p3
+diag "the three kinds took $(( SECONDS - t0 )) s together"
+for kind in ka ks kl; do
+    [ -s "$work/$kind.diag" ] && diag "$(cat "$work/$kind.diag")"
+    while read -r name resent; do
+        [ "$resent" -lt 0 ] && resent=0
+        note "$resent"
+        store=$(store_for "$name") check "$name" "$work/$name.ev" "$resent"
+    done <"$work/$kind.results"
 done
+store=$(store_for ka)
 
 diag "largest amount sent again after one interruption: $max_resent bytes (window $window)"
 # most faults must fall inside the transfer, or the resume path went untested
