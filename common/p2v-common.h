@@ -106,6 +106,9 @@ static inline bool p2v_is_pow2(uint64_t v)
 #define P2V_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define P2V_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Parse a whole decimal number from @lo to @hi (no sign, no trailing text). 0 / -1. */
+int p2v_parse_uint(const char *s, unsigned long long lo, unsigned long long hi,
+                   unsigned long long *out);
 /* Parse a size such as "4096", "64K", "2G", "1.5T" (binary units). 0 / -1. */
 int p2v_parse_size(const char *s, uint64_t *out, struct p2v_err *err);
 /* Format @bytes as "1.5 GiB" into @buf. Returns @buf. */

@@ -9,6 +9,19 @@
 
 #include "p2v-common.h"
 
+int p2v_parse_uint(const char *s, unsigned long long lo, unsigned long long hi,
+                   unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || !isdigit((unsigned char)s[0]) || v < lo ||
+        v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
 int p2v_parse_size(const char *s, uint64_t *out, struct p2v_err *err)
 {
     char *end;

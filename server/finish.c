@@ -127,7 +127,7 @@ out:
 /* The job's VM spec (its facts.json, else the defaults; named after the job id; its final
  * images as disks) written into STORE/jobs/ID/vm/. 0 / -1. */
 static int job_vmconfig(struct srv_store *st, struct srv_job *job, const atomic_bool *stop,
-                        struct p2v_err *err)
+                        bool exports, struct p2v_err *err)
 {
     struct vm_spec spec;
     struct p2v_buf facts = P2V_BUF_INIT;
@@ -146,6 +146,10 @@ static int job_vmconfig(struct srv_store *st, struct srv_job *job, const atomic_
     }
     if (spec.nnics == 0 && vm_spec_add_random_nic(&spec, err) < 0)
         goto out;
+    if (job->memory_mib) /* the batch manifest's overrides */
+        spec.memory_mib = job->memory_mib;
+    if (job->cpus)
+        spec.cpus = job->cpus;
     if (vm_spec_set_name(&spec, job->id, err) < 0)
         goto out;
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
@@ -180,6 +184,16 @@ static int job_vmconfig(struct srv_store *st, struct srv_job *job, const atomic_
     };
     if (strcmp(job->format, "vmdk") == 0)
         o.outputs |= VM_OUT_VMX | VM_OUT_OVF;
+    /* the job's other outputs (--format): a VMware VM and an OVA, converted from the
+     * disks as they are now */
+    for (const char *p = exports ? job->outputs : ""; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 4 && strncmp(p, "vmdk", 4) == 0)
+            o.outputs |= VM_OUT_VMX | VM_OUT_OVF;
+        else if (n == 3 && strncmp(p, "ova", 3) == 0)
+            o.outputs |= VM_OUT_OVA;
+        p += n + (p[n] == ',');
+    }
     struct p2v_buf written = P2V_BUF_INIT;
     p2v_buf_init(&written, 0);
     r = vmconfig_write(&spec, dir, &o, &written, err);
@@ -199,10 +213,10 @@ out:
 }
 
 void srv_job_write_vmconfig(struct srv_store *st, struct srv_job *job,
-                            const atomic_bool *stop)
+                            const atomic_bool *stop, bool exports)
 {
     struct p2v_err err = {0};
-    if (job_vmconfig(st, job, stop, &err) < 0) {
+    if (job_vmconfig(st, job, stop, exports, &err) < 0) {
         snprintf(job->vmconfig, sizeof job->vmconfig, "failed");
         snprintf(job->vmconfig_error, sizeof job->vmconfig_error, "%s", err.msg);
         srv_job_log(job, "vm: the VM configurations were not written: %s", err.msg);
@@ -220,6 +234,7 @@ int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool 
     uint8_t *buf = NULL;
     char tmp[64], final[64] = "job.json";
     int r = -1;
+    double t0 = p2v_now();
     bool same = strcmp(srv_part_format(job), job->format) == 0;
     if (!same && !(buf = malloc(FINISH_CHUNK)))
         return p2v_err_set(err, ENOMEM, "out of memory");
@@ -281,10 +296,11 @@ int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool 
         if (job->disks[i].jr.fd >= 0)
             job->disks[i].committed = srv_ranges_bytes(&job->disks[i].jr.committed);
     /* the images are in place: now the VM configurations (never fatal) */
-    srv_job_write_vmconfig(st, job, stop);
+    srv_job_write_vmconfig(st, job, stop, false);
     snprintf(final, sizeof final, "job.json");
     job->state = JOB_RECEIVED;
     job->failed_stage[0] = job->reason[0] = '\0';
+    job->stage_ms[SRV_STAGE_WRITING] = (uint64_t)((p2v_now() - t0) * 1000.0 + 0.5);
     if (srv_job_save(job, err) < 0) {
         job->state = JOB_RECEIVING;
         goto out;

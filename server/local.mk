@@ -8,13 +8,19 @@ libp2vserver_la_SOURCES = \
 	server/store.c \
 	server/session.c \
 	server/finish.c \
+	server/pipeline.c \
+	server/batch.c \
 	server/run.c \
 	server/status.c \
+	server/http.c \
 	server/vmconfig.h \
 	server/vmconfig.c \
 	server/ova.c
-libp2vserver_la_CPPFLAGS = $(AM_CPPFLAGS) $(OPENSSL_CFLAGS) $(ZSTD_CFLAGS) $(ZLIB_CFLAGS)
-SERVER_LIBS = libp2vserver.la libdiskfmt.la libp2vcommon.la $(OPENSSL_LIBS) $(ZSTD_LIBS) \
+libp2vserver_la_CPPFLAGS = $(AM_CPPFLAGS) $(OPENSSL_CFLAGS) $(ZSTD_CFLAGS) $(ZLIB_CFLAGS) \
+	-I$(top_srcdir)/driver-inject -I$(top_srcdir)/vmm
+# the pipeline calls driver-inject and the VMM through their public headers
+SERVER_LIBS = libp2vserver.la libdriverinject.la libvmm.la libdiskfmt.la libp2vcommon.la \
+	$(GUESTFS_LIBS) $(EXT2FS_LIBS) -lcom_err $(OPENSSL_LIBS) $(ZSTD_LIBS) \
 	$(ZLIB_LIBS) $(VHDI_LIBS) -lm
 
 bin_PROGRAMS += p2v-server
@@ -43,14 +49,17 @@ TESTS += $(SERVER_UNIT_TESTS)
 # Integration tests of the program (run in the sanitizer build too).
 SERVER_TESTS = \
 	tests/integration/server-basic.sh \
+	tests/integration/server-http.sh \
 	tests/integration/vmconfig.sh \
-	tests/integration/vmconfig-job.sh
+	tests/integration/vmconfig-job.sh \
+	tests/integration/server-outputs.sh \
+	tests/integration/server-batch.sh
 TESTS += $(SERVER_TESTS)
 EXTRA_DIST += $(SERVER_TESTS)
 
 # Boots the converted mini fixtures with the generated QEMU script (p2v-inject first):
 # heavy, not repeated in the sanitizer build.
-SERVER_HEAVY_TESTS = tests/integration/vmconfig-boot.sh
+SERVER_HEAVY_TESTS = tests/integration/vmconfig-boot.sh tests/e2e/pipeline.sh
 HEAVY_TESTS += $(SERVER_HEAVY_TESTS)
 TESTS += $(SERVER_HEAVY_TESTS)
 EXTRA_DIST += $(SERVER_HEAVY_TESTS)

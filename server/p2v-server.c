@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,7 +22,6 @@
 #include "vmconfig.h"
 
 #define EXIT_USAGE 2
-#define TOKEN_BYTES 32
 
 static void usage_main(FILE *fp)
 {
@@ -35,6 +33,9 @@ static void usage_main(FILE *fp)
             "join token\n"
             "  run --store DIR [--listen HOST:PORT] ... receive captures from p2v-agent\n"
             "  status --store DIR [--json] [JOB]        show the jobs of a store\n"
+            "  retry --store DIR JOB                    run a job's failed stage again\n"
+            "  batch add --store DIR MANIFEST [--json]  a join token for each machine of a wave\n"
+            "  batch status --store DIR [--json]        the wave: each machine's state\n"
             "  vmconfig --disk PATH --out DIR ...       VM configurations for captured disks\n"
             "\n"
             "'p2v-server COMMAND --help' describes a command's options. See p2v-server(1).\n"
@@ -62,19 +63,74 @@ static void usage_run(FILE *fp)
     fprintf(fp,
             "usage: p2v-server run --store DIR [--listen HOST:PORT] [--format FMT]\n"
             "                      [--window SIZE] [--max-sessions N] [--port-file FILE]\n"
-            "                      [-v] [-q]\n"
+            "                      [--until STATE] [--no-inject] [--max-inject N]\n"
+            "                      [--max-verify N] [--verify-engine E] [--verify-timeout S]\n"
+            "                      [--http ADDR:PORT] [--http-port-file FILE] [-v] [-q]\n"
             "\n"
-            "Receive disk captures from p2v-agent over TLS 1.3 into DIR/jobs/JOB/.\n"
+            "Receive disk captures from p2v-agent over TLS 1.3 into DIR/jobs/JOB/, then\n"
+            "convert each received job: virtio drivers injected into its boot disk, VM\n"
+            "configurations written, a verification boot, report.json (job states:\n"
+            "received, injecting, configured, verifying, verified or failed). A restarted\n"
+            "server resumes every job at its stage.\n"
             "SIGTERM or SIGINT: stop accepting, commit and end every session, exit 0.\n"
             "\n"
             "  --store DIR          an initialised store (p2v-server init)\n"
             "  --listen HOST:PORT   address to listen on (default 0.0.0.0:7878; port 0: any)\n"
-            "  --format FMT         final image format of new jobs: qcow2 (default), vmdk, raw\n"
+            "  --format LIST        the outputs of new jobs: the disks received as qcow2\n"
+            "                       (default), vmdk or raw (the first of those named), and\n"
+            "                       once converted also any of vmdk (+ .vmx, .ovf), ova,\n"
+            "                       qcow2, raw, vhd; e.g. qcow2,vmdk,ova\n"
             "  --window SIZE        journal window: the most un-committed data an agent may\n"
             "                       have in flight (default 32M; 1M..1G)\n"
             "  --max-sessions N     concurrent sessions (default 64); more get ERROR BUSY\n"
             "  --port-file FILE     write the port listened on to FILE once listening\n"
+            "  --http ADDR:PORT     serve a read-only status page and JSON API over plain\n"
+            "                       HTTP (e.g. 127.0.0.1:8080, [::1]:8080; port 0: any)\n"
+            "  --http-port-file FILE  write the status page's port to FILE\n"
+            "  --until STATE        the last state a job is taken to: received (no\n"
+            "                       conversion), configured (no verification boot) or\n"
+            "                       verified (default)\n"
+            "  --no-inject          skip driver injection (the disks stay as captured)\n"
+            "  --max-inject N       driver injections at once (default 2)\n"
+            "  --max-verify N       verification boots at once (default 2)\n"
+            "  --verify-engine E    p2v-vmm engine: auto (default), kvm or qemu\n"
+            "  --verify-timeout S   seconds a verification boot may take (default 300)\n"
             "  -v, -q               more or less logging\n");
+}
+
+static void usage_batch(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server batch add --store DIR MANIFEST [--json]\n"
+            "       p2v-server batch status --store DIR [--json]\n"
+            "\n"
+            "A batch is a wave of machines to migrate. The manifest is a text file with one\n"
+            "machine per line (# starts a comment):\n"
+            "\n"
+            "    NAME [format=LIST] [memory=MiB] [cpus=N]\n"
+            "\n"
+            "format: as run --format (e.g. qcow2,ova); memory and cpus override the\n"
+            "machine's facts in its VM configurations. 'add' checks the whole manifest,\n"
+            "then gives each machine its own join token (kept in DIR/batch/NAME.json; a\n"
+            "machine added again keeps its token) and prints them: the agent of that\n"
+            "machine presents it with --token and --name NAME (the token is valid for that\n"
+            "name only). 'status' shows each machine's job: state, progress, verdict.\n"
+            "\n"
+            "  --store DIR   the store folder\n"
+            "  --json        print JSON\n");
+}
+
+static void usage_retry(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server retry --store DIR JOB\n"
+            "\n"
+            "A job that failed while injecting or verifying goes back to the state before\n"
+            "that stage; a running server takes it up within a second, else the next one\n"
+            "started on the store. The capture is not repeated. (A job that failed while\n"
+            "receiving resumes when its agent runs again.)\n"
+            "\n"
+            "  --store DIR   the store folder\n");
 }
 
 static void usage_status(FILE *fp)
@@ -145,24 +201,6 @@ static int bad_option(const char *cmd, int c, char **argv)
 }
 
 /* ---------------------------------------------------------------- init */
-
-static int make_token(char out[2 * TOKEN_BYTES + 1])
-{
-    uint8_t raw[TOKEN_BYTES];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        got += (size_t)n;
-    }
-    for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
-    return 0;
-}
 
 static int cmd_init(int argc, char **argv)
 {
@@ -239,7 +277,7 @@ static int cmd_init(int argc, char **argv)
         token[tok.len] = '\0';
     } else {
         char line[P2V_PROTO_TOKEN_MAX + 2];
-        if (make_token(token) < 0) {
+        if (srv_make_token(token) < 0) {
             p2v_error("cannot make a token: getrandom: %s", strerror(errno));
             goto out;
         }
@@ -302,6 +340,14 @@ static int cmd_run(int argc, char **argv)
         {"window", required_argument, NULL, 'w'},
         {"max-sessions", required_argument, NULL, 'm'},
         {"port-file", required_argument, NULL, 'p'},
+        {"http", required_argument, NULL, 'H'},
+        {"http-port-file", required_argument, NULL, 'P'},
+        {"until", required_argument, NULL, 'U'},
+        {"no-inject", no_argument, NULL, 'N'},
+        {"max-inject", required_argument, NULL, 'I'},
+        {"max-verify", required_argument, NULL, 'V'},
+        {"verify-engine", required_argument, NULL, 'E'},
+        {"verify-timeout", required_argument, NULL, 'T'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -312,18 +358,21 @@ static int cmd_run(int argc, char **argv)
         .format = "qcow2",
         .window = 32u << 20,
         .max_sessions = 64,
+        .pipeline = {.until = JOB_VERIFIED, .inject = true, .max_inject = 2, .max_verify = 2,
+                     .engine = "auto", .verify_timeout = 300},
     };
     struct p2v_err err = {0};
+    unsigned long long n;
+    char primary[8];
     int c, verbose = 0, quiet = 0;
     while ((c = getopt_long(argc, argv, ":vqh", opts, NULL)) != -1) {
         switch (c) {
         case 's': o.store = optarg; break;
         case 'l': o.listen = optarg; break;
         case 'f':
-            if (strcmp(optarg, "qcow2") && strcmp(optarg, "vmdk") && strcmp(optarg, "raw"))
-                return usage_error("run ",
-                                   "unknown format '%s' (qcow2, vmdk or raw)", optarg);
-            o.format = optarg;
+            if (srv_parse_formats(optarg, primary, o.outputs, &err) < 0)
+                return usage_error("run ", "--format: %s", err.msg);
+            o.format = primary;
             break;
         case 'w':
             if (p2v_parse_size(optarg, &o.window, &err) < 0)
@@ -344,6 +393,36 @@ static int cmd_run(int argc, char **argv)
             break;
         }
         case 'p': o.port_file = optarg; break;
+        case 'H': o.http = optarg; break;
+        case 'P': o.http_port_file = optarg; break;
+        case 'U': {
+            int st = srv_job_state_parse(optarg);
+            if (st != JOB_RECEIVED && st != JOB_CONFIGURED && st != JOB_VERIFIED)
+                return usage_error("run ", "--until '%s' is not received, configured or "
+                                   "verified", optarg);
+            o.pipeline.until = (enum srv_job_state)st;
+            break;
+        }
+        case 'N': o.pipeline.inject = false; break;
+        case 'I':
+        case 'V':
+            if (p2v_parse_uint(optarg, 1, 64, &n) < 0)
+                return usage_error("run ", "--max-%s '%s' is not a number from 1 to 64",
+                                   c == 'I' ? "inject" : "verify", optarg);
+            *(c == 'I' ? &o.pipeline.max_inject : &o.pipeline.max_verify) = (unsigned)n;
+            break;
+        case 'E':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "kvm") && strcmp(optarg, "qemu"))
+                return usage_error("run ", "--verify-engine '%s' is not auto, kvm or qemu",
+                                   optarg);
+            o.pipeline.engine = optarg;
+            break;
+        case 'T':
+            if (p2v_parse_uint(optarg, 5, 86400, &n) < 0)
+                return usage_error("run ", "--verify-timeout '%s' is not a number of "
+                                   "seconds from 5 to 86400", optarg);
+            o.pipeline.verify_timeout = (double)n;
+            break;
         case 'v': verbose++; break;
         case 'q': quiet++; break;
         case 'h': usage_run(stdout); return 0;
@@ -354,13 +433,18 @@ static int cmd_run(int argc, char **argv)
         return usage_error("run ", "unexpected argument '%s'", argv[optind]);
     if (!o.store)
         return usage_error("run ", "--store DIR is required");
+    if (o.http_port_file && !o.http)
+        return usage_error("run ", "--http-port-file needs --http ADDR:PORT");
     p2v_log_adjust(verbose, quiet);
     return srv_run(&o);
 }
 
 /* ---------------------------------------------------------------- status */
 
-static int cmd_status(int argc, char **argv)
+/* The options of status and batch: --store DIR (required), --json, --help. -1 when they
+ * are parsed (optind at the first operand), else the exit code to return. */
+static int store_json_opts(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                           const char **store, bool *json)
 {
     static const struct option opts[] = {
         {"store", required_argument, NULL, 's'},
@@ -368,23 +452,88 @@ static int cmd_status(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *store = NULL;
-    bool json = false;
     int c;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case 's': store = optarg; break;
-        case 'j': json = true; break;
-        case 'h': usage_status(stdout); return 0;
-        default: return bad_option("status ", c, argv);
+        case 's': *store = optarg; break;
+        case 'j': *json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return bad_option(cmd, c, argv);
         }
     }
-    if (!store)
-        return usage_error("status ", "--store DIR is required");
+    if (!*store)
+        return usage_error(cmd, "--store DIR is required");
+    return -1;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    const char *store = NULL;
+    bool json = false;
+    int rc = store_json_opts(argc, argv, "status ", usage_status, &store, &json);
+    if (rc >= 0)
+        return rc;
     if (argc - optind > 1)
         return usage_error("status ", "unexpected argument '%s'",
                            argv[optind + 1]);
     return srv_status(store, json, optind < argc ? argv[optind] : NULL);
+}
+
+/* ---------------------------------------------------------------- batch */
+
+static int cmd_batch(int argc, char **argv)
+{
+    const char *store = NULL;
+    bool json = false;
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage_batch(stdout);
+        return 0;
+    }
+    if (argc < 2 || (strcmp(argv[1], "add") && strcmp(argv[1], "status")))
+        return usage_error("batch ", "a subcommand is required: add or status");
+    const char *sub = argv[1];
+    int rc = store_json_opts(argc - 1, argv + 1, "batch ", usage_batch, &store, &json);
+    if (rc >= 0)
+        return rc;
+    argc--;
+    argv++;
+    if (strcmp(sub, "add") == 0) {
+        if (argc - optind != 1)
+            return usage_error("batch ", argc == optind ? "add: a MANIFEST is required"
+                                                        : "add: one MANIFEST at a time");
+        return srv_batch_add(store, argv[optind], json);
+    }
+    if (argc != optind)
+        return usage_error("batch ", "status: unexpected argument '%s'", argv[optind]);
+    return srv_batch_status(store, json);
+}
+
+/* ---------------------------------------------------------------- retry */
+
+static int cmd_retry(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"store", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *store = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': store = optarg; break;
+        case 'h': usage_retry(stdout); return 0;
+        default: return bad_option("retry ", c, argv);
+        }
+    }
+    if (!store)
+        return usage_error("retry ", "--store DIR is required");
+    if (argc - optind != 1)
+        return usage_error("retry ", argc == optind ? "a JOB is required"
+                                                    : "one JOB at a time");
+    if (!srv_job_id_ok(argv[optind]))
+        return usage_error("retry ", "'%s' is not a job name", argv[optind]);
+    return srv_retry(store, argv[optind]);
 }
 
 /* ---------------------------------------------------------------- vmconfig */
@@ -423,17 +572,6 @@ out:
     return r;
 }
 
-static int parse_uint(const char *s, unsigned long long lo, unsigned long long hi,
-                      unsigned long long *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static int cmd_vmconfig(int argc, char **argv)
 {
@@ -478,14 +616,14 @@ static int cmd_vmconfig(int argc, char **argv)
         case 'o': out = optarg; break;
         case 'n': name = optarg; break;
         case 'm':
-            if (parse_uint(optarg, VM_MEMORY_MIB_MIN_OVERRIDE, VM_MEMORY_MIB_MAX_OVERRIDE,
+            if (p2v_parse_uint(optarg, VM_MEMORY_MIB_MIN_OVERRIDE, VM_MEMORY_MIB_MAX_OVERRIDE,
                            &memory) < 0)
                 return usage_error("vmconfig ", "--memory '%s' is not a number of MiB from %u "
                                    "to %u", optarg, VM_MEMORY_MIB_MIN_OVERRIDE,
                                    VM_MEMORY_MIB_MAX_OVERRIDE);
             break;
         case 'c':
-            if (parse_uint(optarg, 1, VM_CPUS_MAX_OVERRIDE, &cpus) < 0)
+            if (p2v_parse_uint(optarg, 1, VM_CPUS_MAX_OVERRIDE, &cpus) < 0)
                 return usage_error("vmconfig ", "--cpus '%s' is not a number from 1 to %d",
                                    optarg, VM_CPUS_MAX_OVERRIDE);
             break;
@@ -593,7 +731,8 @@ int main(int argc, char **argv)
     p2v_log_init("p2v-server");
     opterr = 0;
     if (argc < 2)
-        return usage_error("", "a command is required (init, run, status or vmconfig)");
+        return usage_error("", "a command is required (init, run, status, retry, batch or "
+                           "vmconfig)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage_main(stdout);
@@ -613,5 +752,9 @@ int main(int argc, char **argv)
         return cmd_status(argc - 1, argv + 1);
     if (strcmp(cmd, "vmconfig") == 0)
         return cmd_vmconfig(argc - 1, argv + 1);
+    if (strcmp(cmd, "retry") == 0)
+        return cmd_retry(argc - 1, argv + 1);
+    if (strcmp(cmd, "batch") == 0)
+        return cmd_batch(argc - 1, argv + 1);
     return usage_error("", "unknown command '%s'", cmd);
 }

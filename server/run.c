@@ -167,6 +167,7 @@ int srv_run(const struct srv_run_opts *o)
     struct p2v_err err = {0};
     char key[4096], crt[4096], fp[P2V_FINGERPRINT_LEN];
     int rc = 1;
+    struct srv_http *http = NULL; /* --http: the status page */
 
     memset(&srv, 0, sizeof srv);
     srv.listen_fd = -1;
@@ -184,6 +185,7 @@ int srv_run(const struct srv_run_opts *o)
         return 1;
     }
     snprintf(srv.store.format, sizeof srv.store.format, "%s", o->format);
+    snprintf(srv.store.outputs, sizeof srv.store.outputs, "%s", o->outputs);
     srv.store.window = o->window;
     snprintf(key, sizeof key, "%s/server.key", srv.store.path);
     snprintf(crt, sizeof crt, "%s/server.crt", srv.store.path);
@@ -224,6 +226,29 @@ int srv_run(const struct srv_run_opts *o)
             "listening on %.*s:%d; store %s; format %s; window %s; fingerprint %s", hlen,
             o->listen, port, srv.store.path, srv.store.format,
             p2v_format_size(srv.store.window, win, sizeof win), fp);
+    if (o->http) {
+        char url[300];
+        if (srv_http_start(&http, &srv.store, o->http, &err) < 0 ||
+            (o->http_port_file &&
+             write_port_file(o->http_port_file, srv_http_port(http), &err) < 0)) {
+            srv_log(&srv, P2V_LOG_ERROR, "%s", err.msg);
+            goto out;
+        }
+        srv_http_url(http, url, sizeof url);
+        srv_log(&srv, P2V_LOG_INFO, "status page on %s", url);
+    }
+    struct srv_pipeline *pipe_line = NULL;
+    if (o->pipeline.until > JOB_RECEIVED) {
+        pipe_line = srv_pipeline_start(&srv.store, &o->pipeline, &err);
+        if (!pipe_line) {
+            srv_log(&srv, P2V_LOG_ERROR, "%s", err.msg);
+            goto out;
+        }
+        srv_log(&srv, P2V_LOG_INFO, "pipeline: up to '%s'%s; %u injection(s) and %u "
+                "verification(s) at once", srv_job_state_name(o->pipeline.until),
+                o->pipeline.inject ? "" : " (no injection)", o->pipeline.max_inject,
+                o->pipeline.max_verify);
+    }
 
     while (!sig_caught) {
         struct pollfd pfd[2] = {{.fd = srv.listen_fd, .events = POLLIN},
@@ -247,6 +272,8 @@ int srv_run(const struct srv_run_opts *o)
             srv.nsessions);
     close(srv.listen_fd);
     srv.listen_fd = -1;
+    srv_http_stop(http);
+    http = NULL;
     atomic_store(&srv.stopping, true);
     ssize_t w = write(srv.stop_pipe[1], "x", 1);
     (void)w;
@@ -258,6 +285,8 @@ int srv_run(const struct srv_run_opts *o)
             return sig_caught ? 0 : 1; /* the threads still use srv: leave it be */
         }
     }
+    if (pipe_line && srv_pipeline_stop(pipe_line, STOP_GRACE_S) > 0)
+        return sig_caught ? 0 : 1; /* its workers still use the store: leave it be */
     srv_log(&srv, P2V_LOG_INFO, "stopped");
     rc = sig_caught ? 0 : 1;
 out:
@@ -271,6 +300,7 @@ out:
             close(sig_pipe[i]);
         sig_pipe[i] = -1;
     }
+    srv_http_stop(http);
     srv_store_close(&srv.store);
     pthread_cond_destroy(&srv.cond);
     pthread_mutex_destroy(&srv.lock);

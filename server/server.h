@@ -183,8 +183,33 @@ int srv_read_file_at(int dirfd, const char *name, size_t max, struct p2v_buf *ou
 /* "2026-01-02T03:04:05Z" */
 void srv_iso_time(time_t t, char out[32]);
 
-enum srv_job_state { JOB_RECEIVING, JOB_RECEIVED, JOB_FAILED };
+struct srv_job;
+
+#define SRV_OUTPUTS_MAX 40
+/* Parse --format's list ("qcow2", "vmdk,ova", "raw,vhd,ova", ...): the first of qcow2,
+ * vmdk and raw is the format the disks are received in (@primary, qcow2 when none is
+ * named), the others go to @outputs (comma-separated, each once). 0 / -1. */
+int srv_parse_formats(const char *list, char primary[8], char outputs[SRV_OUTPUTS_MAX],
+                      struct p2v_err *err);
+
+/* The job's state machine (DESIGN.md): receiving → received → injecting → configured →
+ * verifying → verified, or failed (with the stage that failed and why). The states
+ * after "received" belong to the post-capture pipeline (pipeline.c). */
+enum srv_job_state {
+    JOB_RECEIVING,
+    JOB_RECEIVED,
+    JOB_INJECTING,
+    JOB_CONFIGURED,
+    JOB_VERIFYING,
+    JOB_VERIFIED,
+    JOB_FAILED,
+};
 const char *srv_job_state_name(enum srv_job_state s);
+/* Parse a state's name; -1 when unknown. */
+int srv_job_state_parse(const char *name);
+/* True when the job's disks were all received (its final images are in place): every
+ * state after "received", and "failed" in a stage after receiving. */
+bool srv_job_captured(const struct srv_job *job);
 
 struct srv_disk {
     bool known;             /* declared in this or an earlier session */
@@ -230,7 +255,24 @@ struct srv_job {
      * "" (not tried), and why they failed */
     char vmconfig[16];
     char vmconfig_error[P2V_ERR_MSG_MAX];
+    /* the pipeline (pipeline.c): the verification's result ("success", "root-not-found",
+     * ... or "" before it), whether report.json and verify/serial.log were written, the
+     * milliseconds each stage took (by enum srv_stage), the changes injected */
+    char verdict[32];
+    bool has_report, has_serial_log;
+    /* more outputs than the disks in `format`, made once the job is configured:
+     * a comma-separated list of vmdk (with a .vmx and .ovf), ova, qcow2, raw, vhd */
+    char outputs[SRV_OUTPUTS_MAX];
+    /* the batch's overrides of the machine's facts for its VM (0: the facts') */
+    uint64_t memory_mib;
+    unsigned cpus;
+    uint64_t stage_ms[4];
+    uint64_t changes;
 };
+
+/* The pipeline's timed stages (job.json "stage-ms"). */
+enum srv_stage { SRV_STAGE_WRITING, SRV_STAGE_INJECTING, SRV_STAGE_CONFIGURING, SRV_STAGE_VERIFYING };
+extern const char *const srv_stage_names[4];
 
 uint64_t srv_job_bytes_total(const struct srv_job *job);
 uint64_t srv_job_bytes_done(const struct srv_job *job);
@@ -272,6 +314,7 @@ struct srv_store {
     int lockfd;
     char token[P2V_PROTO_TOKEN_MAX + 1];
     char format[8];      /* for new jobs */
+    char outputs[SRV_OUTPUTS_MAX]; /* for new jobs: srv_job.outputs */
     uint64_t window;
     pthread_mutex_t lock; /* the held-jobs list */
     struct srv_held *held;
@@ -300,8 +343,37 @@ int srv_store_open(struct srv_store *st, const char *path, bool for_run, struct 
 void srv_store_close(struct srv_store *st);
 /* True when a running server holds the store's lock. */
 bool srv_store_in_use(const char *path);
-/* Constant-time comparison of a presented token with the store's. */
+/* A new join token: SRV_TOKEN_BYTES from getrandom(2) as lower-case hex. 0 / -1. */
+#define SRV_TOKEN_BYTES 32
+int srv_make_token(char out[2 * SRV_TOKEN_BYTES + 1]);
+/* Constant-time comparison of a presented token with the store's (or any secret). */
 bool srv_token_equal(const struct srv_store *st, const char *tok, size_t len);
+bool srv_secret_equal(const char *secret, const char *tok, size_t len);
+
+/* ---------------------------------------------------------------- batch (batch.c) */
+
+/* One machine of a batch manifest (STORE/batch/NAME.json once added). */
+struct srv_batch_entry {
+    char name[P2V_PROTO_NAME_MAX + 1];
+    char token[P2V_PROTO_TOKEN_MAX + 1];
+    char formats[SRV_OUTPUTS_MAX + 8]; /* as written in the manifest ("" : qcow2) */
+    char format[8];                    /* srv_parse_formats of it */
+    char outputs[SRV_OUTPUTS_MAX];
+    uint64_t memory_mib;               /* 0: from the facts */
+    unsigned cpus;                     /* 0: from the facts */
+};
+/* Parse a manifest (text, one machine per line: NAME [format=LIST] [memory=MiB]
+ * [cpus=N], # comments); *out (free it) holds *n >= 1 entries, tokens empty. Every error
+ * names its line. 0 / -1. */
+int srv_batch_parse(const char *text, size_t len, struct srv_batch_entry **out, size_t *n,
+                    struct p2v_err *err);
+/* The batch entry of machine @name, if the store has one. 0 / -1. */
+int srv_batch_lookup(struct srv_store *st, const char *name, struct srv_batch_entry *e);
+/* True when @tok is machine @name's own join token. */
+bool srv_batch_token_ok(struct srv_store *st, const char *name, const char *tok, size_t len);
+/* `p2v-server batch add MANIFEST` and `batch status`: exit codes. */
+int srv_batch_add(const char *store, const char *manifest, bool json);
+int srv_batch_status(const char *store, bool json);
 
 enum srv_acquire {
     SRV_ACQ_OK,
@@ -318,6 +390,10 @@ enum srv_acquire srv_job_acquire(struct srv_store *st, const char *name,
 void srv_job_release(struct srv_store *st, struct srv_job *job);
 /* Load a job folder's job.json by id (status, tests). NULL when missing / unreadable. */
 struct srv_job *srv_job_load(struct srv_store *st, const char *id, struct p2v_err *err);
+/* Hold job @id for the pipeline (sessions of its machine then get BUSY): true when it
+ * was free and is now held. srv_job_unhold lets it go. */
+bool srv_job_hold(struct srv_store *st, const char *id, const char *source_id);
+void srv_job_unhold(struct srv_store *st, const char *id);
 
 /* Write the final images of a received job from its in-progress images (see finish.c).
  * @stop is polled between blocks: when it turns true the function fails with ECANCELED.
@@ -329,15 +405,50 @@ int srv_job_finish(struct srv_store *st, struct srv_job *job, const atomic_bool 
 
 /* Write the VM configurations of a job whose final images are in place into
  * STORE/jobs/ID/vm/: NAME.xml (libvirt) and NAME.sh (QEMU), plus NAME.vmx and NAME.ovf
- * referring to the job's own VMDKs when its format is vmdk; NAME is the job id. The
- * machine's facts.json is used when it is there and valid (else the defaults). Never
- * fails the job: the outcome goes to job->vmconfig / vmconfig_error and job.log. */
+ * referring to the job's own VMDKs when its format is vmdk; NAME is the job id. With
+ * @exports, the job's other outputs too: vmdk (NAME.vmx and NAME.ovf with converted
+ * VMDKs) and ova (NAME.ova). The machine's facts.json is used when it is there and valid
+ * (else the defaults). Never fails the job: the outcome goes to job->vmconfig /
+ * vmconfig_error and job.log. */
 void srv_job_write_vmconfig(struct srv_store *st, struct srv_job *job,
-                            const atomic_bool *stop);
+                            const atomic_bool *stop, bool exports);
 
 /* Close and remove a job's in-progress images and journals (after its images are
  * written). */
 int srv_job_remove_staging(struct srv_job *job);
+
+/* ---------------------------------------------------------------- pipeline */
+
+/* After the last disk of a job is received, the pipeline (pipeline.c) runs driver
+ * injection on the boot disk (libdriverinject), writes the VM configurations, boots the
+ * result for a verdict (libvmm) and writes report.json. Each step first records its state
+ * in job.json, so a server that is restarted resumes every job at the stage it was in. */
+struct srv_pipeline_opts {
+    enum srv_job_state until; /* the last state to reach: JOB_RECEIVED (no pipeline),
+                               * JOB_CONFIGURED (no verification) or JOB_VERIFIED */
+    bool inject;              /* false: --no-inject (the stage is recorded as skipped) */
+    unsigned max_inject;      /* injections at once (libguestfs appliances) */
+    unsigned max_verify;      /* verification boots at once */
+    const char *engine;       /* p2v-vmm engine: auto, kvm or qemu */
+    double verify_timeout;    /* seconds */
+};
+#define SRV_PIPELINE_WORKERS_MAX 64
+
+struct srv_pipeline;
+/* Start the pipeline's scanner (a thread): it looks at the store's jobs every second and
+ * takes up any job in a pipeline state not yet at @o->until. NULL with @err on failure. */
+struct srv_pipeline *srv_pipeline_start(struct srv_store *st, const struct srv_pipeline_opts *o,
+                                        struct p2v_err *err);
+/* Stop taking up jobs and wait up to @secs for the running ones (a job cut short resumes
+ * at its stage next time). Returns how many are still running (then @p is left to them
+ * and the store must stay open). */
+unsigned srv_pipeline_stop(struct srv_pipeline *p, int secs);
+/* Run the pipeline on one job to the end, in this thread (tests, `retry`). */
+int srv_pipeline_run_job(struct srv_store *st, const struct srv_pipeline_opts *o,
+                         const char *id, struct p2v_err *err);
+/* `p2v-server retry JOB`: a job that failed in a pipeline stage goes back to the state
+ * before that stage (a running server takes it up within a second). Exit code. */
+int srv_retry(const char *store, const char *id);
 
 /* ---------------------------------------------------------------- server */
 
@@ -382,10 +493,35 @@ struct srv_run_opts {
     uint64_t window;
     unsigned max_sessions;
     const char *port_file;
+    const char *http;           /* --http ADDR:PORT: the status page (http.c), or NULL */
+    const char *http_port_file;
+    char outputs[SRV_OUTPUTS_MAX]; /* --format's other outputs */
+    struct srv_pipeline_opts pipeline;
 };
 int srv_run(const struct srv_run_opts *o);
 
 /* `p2v-server status`: a table, one job (@job), or JSON. Exit code. */
 int srv_status(const char *store, bool json, const char *job);
+
+/* ---- status page (http.c) */
+
+/* The JSON `status --json` prints (without a final newline): {"jobs": [...]} with every
+ * job's job.json sorted by id, or the one object of job @job (NULL: every job); "active",
+ * "rate" and "eta" corrected when !@live (no server runs). Jobs whose job.json cannot be
+ * read are left out (@warn: with a warning). 0 / -1 (ENOENT: no job @job). (status.c) */
+int srv_status_json(struct srv_store *st, const char *job, bool live, bool warn,
+                    struct p2v_buf *out, struct p2v_err *err);
+
+/* `run --http ADDR:PORT`: a read-only HTTP/1.1 status page on its own thread — GET / (the
+ * page), /api/jobs, /api/jobs/ID, /jobs/ID/report.json, /jobs/ID/serial.log. @st must
+ * stay open until srv_http_stop. 0 / -1. */
+struct srv_http;
+int srv_http_start(struct srv_http **out, struct srv_store *st, const char *addr,
+                   struct p2v_err *err);
+/* The port listened on (for PORT 0), and "http://ADDR:PORT/" for the log. */
+int srv_http_port(const struct srv_http *h);
+void srv_http_url(const struct srv_http *h, char *out, size_t len);
+/* Close every connection, end the thread and free @h (NULL accepted). */
+void srv_http_stop(struct srv_http *h);
 
 #endif /* P2V_SERVER_H */

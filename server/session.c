@@ -211,17 +211,23 @@ static int on_hello(struct srv_session *s, const struct p2v_msg *m)
         return sess_error(s, P2V_E_VERSION,
                           "no common protocol version (the agent speaks %u..%u, the server %u)",
                           m->u.hello.version_min, m->u.hello.version_max, P2V_PROTO_VERSION);
-    if (!srv_token_equal(&srv->store, m->u.hello.token.p, m->u.hello.token.len))
+    /* the store's token, or the machine's own (a batch's: bound to its name) */
+    const struct p2v_str *nm = &m->u.hello.name;
+    bool named = srv_name_check(nm->p, nm->len, &err) == 0;
+    if (named) {
+        memcpy(name, nm->p, nm->len);
+        name[nm->len] = '\0';
+    }
+    if (!srv_token_equal(&srv->store, m->u.hello.token.p, m->u.hello.token.len) &&
+        !(named && srv_batch_token_ok(&srv->store, name, m->u.hello.token.p,
+                                      m->u.hello.token.len)))
         return sess_error(s, P2V_E_AUTH, "wrong join token");
     if (m->u.hello.hash_algo != P2V_HASH_SHA256 && m->u.hello.hash_algo != P2V_HASH_BLAKE2B)
         return sess_error(s, P2V_E_PROTO, "HELLO: unknown hash algorithm %u",
                           m->u.hello.hash_algo);
-    const struct p2v_str *nm = &m->u.hello.name;
-    if (srv_name_check(nm->p, nm->len, &err) < 0)
+    if (!named)
         return sess_error(s, P2V_E_NAME, "machine name '%.*s' refused: %s",
                           (int)P2V_MIN(nm->len, (uint16_t)P2V_PROTO_NAME_MAX), nm->p, err.msg);
-    memcpy(name, nm->p, nm->len);
-    name[nm->len] = '\0';
     const struct p2v_str *si = &m->u.hello.source_id;
     if (si->len == 0 || si->len > P2V_PROTO_SOURCE_ID_MAX)
         return sess_error(s, P2V_E_PROTO, "HELLO: the source id is empty or too long");
@@ -251,7 +257,7 @@ static int on_hello(struct srv_session *s, const struct p2v_msg *m)
     snprintf(job->agent, sizeof job->agent, "%s", s->peer);
 
     uint8_t state = is_new ? P2V_JOB_NEW : P2V_JOB_RESUME;
-    if (job->state == JOB_RECEIVED) {
+    if (srv_job_captured(job)) {
         state = P2V_JOB_COMPLETE;
         srv_job_remove_staging(job); /* leftovers of a server that died after the images */
     } else {

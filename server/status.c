@@ -1,7 +1,8 @@
 /* status.c: `p2v-server status` — the jobs of a store, read from their job.json files
  * (the running server rewrites them every second while a session is active), so it works
  * whether or not a server runs. When no server holds the store's lock, nothing is active
- * whatever a job.json left by a killed server says.
+ * whatever a job.json left by a killed server says. The JSON of `status --json` is built by
+ * srv_status_json(), which the status page (http.c) serves too.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,9 +25,9 @@ static int cmp_job(const void *a, const void *b)
     return strcmp(x->job.id, y->job.id);
 }
 
-/* Read one job's job.json: 0, -1 when there is no such job, -2 (with a warning) when
- * its job.json is unreadable. */
-static int load_one(struct srv_store *st, const char *id, struct status_job *out)
+/* Read one job's job.json: 0, -1 when there is no such job, -2 (with a warning when
+ * @warn) when its job.json is unreadable. */
+static int load_one(struct srv_store *st, const char *id, bool warn, struct status_job *out)
 {
     struct p2v_buf text;
     struct p2v_err err = {0};
@@ -36,7 +37,7 @@ static int load_one(struct srv_store *st, const char *id, struct status_job *out
     if (dfd < 0) {
         if (errno == ENOENT)
             r = -1;
-        else
+        else if (warn)
             p2v_warn("job '%s': %s", id, strerror(errno));
         goto out;
     }
@@ -44,7 +45,8 @@ static int load_one(struct srv_store *st, const char *id, struct status_job *out
     if (srv_read_file_at(dfd, "job.json", JV_TEXT_MAX, &text, &err) < 0 ||
         !(out->doc = jv_parse((const char *)text.data, text.len, &err)) ||
         srv_job_from_json((const char *)text.data, text.len, &out->job, &err) < 0) {
-        p2v_warn("job '%s': job.json: %s", id, err.msg);
+        if (warn)
+            p2v_warn("job '%s': job.json: %s", id, err.msg);
         jv_free(out->doc);
         out->doc = NULL;
         goto out;
@@ -75,6 +77,114 @@ static void write_doc(struct p2v_json *j, const struct jv *doc, bool live)
             jv_write(j, &doc->items[i]);
     }
     p2v_json_object_end(j);
+}
+
+static void free_jobs(struct status_job *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        jv_free(v[i].doc);
+    free(v);
+}
+
+/* Load job @want, or every job of the store sorted by id (@want NULL); jobs whose
+ * job.json cannot be read are left out. 0 / -1 (ENOENT: no job @want). */
+static int load_jobs(struct srv_store *st, const char *want, bool warn,
+                     struct status_job **vp, size_t *np, struct p2v_err *err)
+{
+    struct status_job *v = NULL;
+    size_t n = 0, cap = 0;
+    DIR *d = NULL;
+    int r = -1;
+
+    if (want) {
+        if (!srv_job_id_ok(want)) {
+            p2v_err_set(err, ENOENT, "'%s' is not a job name", want);
+            goto out;
+        }
+        v = calloc(1, sizeof *v);
+        if (!v) {
+            p2v_err_set(err, ENOMEM, "out of memory");
+            goto out;
+        }
+        int lr = load_one(st, want, warn, v);
+        if (lr == -1) {
+            p2v_err_set(err, ENOENT, "no job '%s' in store '%s'", want, st->path);
+            goto out;
+        }
+        if (lr < 0) {
+            p2v_err_set(err, EIO, "cannot read job '%s' in store '%s'", want, st->path);
+            goto out;
+        }
+        n = 1;
+    } else {
+        /* a descriptor of its own: a dup() would share the directory offset of jobsfd */
+        int fd = openat(st->jobsfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        d = fd >= 0 ? fdopendir(fd) : NULL;
+        if (!d) {
+            p2v_err_errno(err, "cannot list '%s/jobs'", st->path);
+            if (fd >= 0)
+                close(fd);
+            goto out;
+        }
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (de->d_name[0] == '.' || !srv_job_id_ok(de->d_name))
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 16;
+                struct status_job *nv = realloc(v, cap * sizeof *v);
+                if (!nv) {
+                    p2v_err_set(err, ENOMEM, "out of memory");
+                    goto out;
+                }
+                v = nv;
+            }
+            if (load_one(st, de->d_name, warn, &v[n]) == 0)
+                n++;
+        }
+        if (n)
+            qsort(v, n, sizeof *v, cmp_job);
+    }
+    *vp = v;
+    *np = n;
+    v = NULL;
+    n = 0;
+    r = 0;
+out:
+    if (d)
+        closedir(d);
+    free_jobs(v, n);
+    return r;
+}
+
+static void write_json(struct p2v_buf *out, const struct status_job *v, size_t n, bool one,
+                       bool live)
+{
+    struct p2v_json j;
+    p2v_json_init(&j, out, true);
+    if (one) {
+        write_doc(&j, v[0].doc, live);
+    } else {
+        p2v_json_object_begin(&j);
+        p2v_json_key(&j, "jobs");
+        p2v_json_array_begin(&j);
+        for (size_t i = 0; i < n; i++)
+            write_doc(&j, v[i].doc, live);
+        p2v_json_array_end(&j);
+        p2v_json_object_end(&j);
+    }
+}
+
+int srv_status_json(struct srv_store *st, const char *job, bool live, bool warn,
+                    struct p2v_buf *out, struct p2v_err *err)
+{
+    struct status_job *v = NULL;
+    size_t n = 0;
+    if (load_jobs(st, job, warn, &v, &n, err) < 0)
+        return -1;
+    write_json(out, v, n, job != NULL, live);
+    free_jobs(v, n);
+    return 0;
 }
 
 static void fmt_eta(const struct jv *doc, bool live, char *out, size_t len)
@@ -180,7 +290,7 @@ int srv_status(const char *store, bool json, const char *want)
     struct srv_store st;
     struct p2v_err err = {0};
     struct status_job *v = NULL;
-    size_t n = 0, cap = 0;
+    size_t n = 0;
     int rc = 1;
 
     if (srv_store_open(&st, store, false, &err) < 0) {
@@ -188,81 +298,33 @@ int srv_status(const char *store, bool json, const char *want)
         return 1;
     }
     bool live = srv_store_in_use(st.path);
-    if (want) {
-        if (!srv_job_id_ok(want)) {
-            p2v_error("'%s' is not a job name", want);
-            goto out;
-        }
-        v = calloc(1, sizeof *v);
-        int lr = v ? load_one(&st, want, v) : -2;
-        if (lr < 0) {
-            if (lr == -1)
-                p2v_error("no job '%s' in store '%s'", want, st.path);
-            else
-                p2v_error("cannot read job '%s' in store '%s'", want, st.path);
-            goto out;
-        }
-        n = 1;
-    } else {
-        DIR *d = fdopendir(dup(st.jobsfd));
-        if (!d) {
-            p2v_error("cannot list '%s/jobs': %s", st.path, strerror(errno));
-            goto out;
-        }
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (de->d_name[0] == '.' || !srv_job_id_ok(de->d_name))
-                continue;
-            if (n == cap) {
-                cap = cap ? cap * 2 : 16;
-                struct status_job *nv = realloc(v, cap * sizeof *v);
-                if (!nv) {
-                    closedir(d);
-                    p2v_error("out of memory");
-                    goto out;
-                }
-                v = nv;
-            }
-            if (load_one(&st, de->d_name, &v[n]) == 0)
-                n++;
-        }
-        closedir(d);
-        if (n)
-            qsort(v, n, sizeof *v, cmp_job);
-    }
-
     if (json) {
         struct p2v_buf b;
-        struct p2v_json j;
         p2v_buf_init(&b, 0);
-        p2v_json_init(&j, &b, true);
-        if (want) {
-            write_doc(&j, v[0].doc, live);
-        } else {
-            p2v_json_object_begin(&j);
-            p2v_json_key(&j, "jobs");
-            p2v_json_array_begin(&j);
-            for (size_t i = 0; i < n; i++)
-                write_doc(&j, v[i].doc, live);
-            p2v_json_array_end(&j);
-            p2v_json_object_end(&j);
+        if (srv_status_json(&st, want, live, true, &b, &err) < 0) {
+            p2v_error("%s", err.msg);
+            p2v_buf_release(&b);
+            goto out;
         }
         printf("%s\n", p2v_buf_cstr(&b));
         p2v_buf_release(&b);
-    } else if (want) {
-        print_one(&v[0], live);
-    } else if (n == 0) {
-        printf("no jobs in store '%s'%s\n", st.path, live ? "" : " (no server running)");
     } else {
-        print_table(v, n, live);
-        if (!live)
+        if (load_jobs(&st, want, true, &v, &n, &err) < 0) {
+            p2v_error("%s", err.msg);
+            goto out;
+        }
+        if (want)
+            print_one(&v[0], live);
+        else if (n == 0)
+            printf("no jobs in store '%s'%s\n", st.path, live ? "" : " (no server running)");
+        else
+            print_table(v, n, live);
+        if (!want && n > 0 && !live)
             printf("(no server is running on this store)\n");
     }
     rc = fflush(stdout) == 0 ? 0 : 1;
 out:
-    for (size_t i = 0; i < n; i++)
-        jv_free(v[i].doc);
-    free(v);
+    free_jobs(v, n);
     srv_store_close(&st);
     return rc;
 }

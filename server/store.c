@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -399,12 +400,35 @@ bool srv_store_in_use(const char *path)
     return held;
 }
 
+int srv_make_token(char out[2 * SRV_TOKEN_BYTES + 1])
+{
+    uint8_t raw[SRV_TOKEN_BYTES];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
+
 bool srv_token_equal(const struct srv_store *st, const char *tok, size_t len)
+{
+    return srv_secret_equal(st->token, tok, len);
+}
+
+bool srv_secret_equal(const char *secret, const char *tok, size_t len)
 {
     /* compare digests, so that neither the position of the first difference nor the
      * token's length shows in the time taken */
     uint8_t a[P2V_PROTO_HASH_LEN], b[P2V_PROTO_HASH_LEN];
-    if (p2v_hash(P2V_HASH_SHA256, st->token, strlen(st->token), a) < 0 ||
+    if (p2v_hash(P2V_HASH_SHA256, secret, strlen(secret), a) < 0 ||
         p2v_hash(P2V_HASH_SHA256, tok, len, b) < 0)
         return false;
     volatile uint8_t diff = 0;
@@ -434,14 +458,68 @@ static int rm_tree_at(int dirfd, const char *name)
 
 /* ---------------------------------------------------------------- jobs */
 
+static const char *const state_names[] = {
+    [JOB_RECEIVING] = "receiving", [JOB_RECEIVED] = "received",
+    [JOB_INJECTING] = "injecting", [JOB_CONFIGURED] = "configured",
+    [JOB_VERIFYING] = "verifying", [JOB_VERIFIED] = "verified",
+    [JOB_FAILED] = "failed",
+};
+
+const char *const srv_stage_names[4] = {"writing", "injecting", "configuring", "verifying"};
+
 const char *srv_job_state_name(enum srv_job_state s)
 {
-    switch (s) {
-    case JOB_RECEIVING: return "receiving";
-    case JOB_RECEIVED: return "received";
-    case JOB_FAILED: return "failed";
+    return (unsigned)s < P2V_ARRAY_SIZE(state_names) ? state_names[s] : "?";
+}
+
+int srv_job_state_parse(const char *name)
+{
+    for (unsigned i = 0; i < P2V_ARRAY_SIZE(state_names); i++)
+        if (strcmp(name, state_names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
+int srv_parse_formats(const char *list, char primary[8], char outputs[SRV_OUTPUTS_MAX],
+                      struct p2v_err *err)
+{
+    static const char *const known[] = {"qcow2", "vmdk", "raw", "vhd", "ova"};
+    bool seen[P2V_ARRAY_SIZE(known)] = {false};
+    int prim = -1;
+    primary[0] = outputs[0] = '\0';
+    for (const char *p = list;;) {
+        size_t n = strcspn(p, ",");
+        unsigned k;
+        for (k = 0; k < P2V_ARRAY_SIZE(known); k++)
+            if (strlen(known[k]) == n && strncmp(p, known[k], n) == 0)
+                break;
+        if (k == P2V_ARRAY_SIZE(known))
+            return p2v_err_set(err, EINVAL, "unknown format '%.*s' (qcow2, vmdk, raw, vhd "
+                               "or ova)", (int)P2V_MIN(n, (size_t)32), p);
+        if (seen[k])
+            return p2v_err_set(err, EINVAL, "format '%s' named twice", known[k]);
+        seen[k] = true;
+        if (prim < 0 && k <= 2)
+            prim = (int)k;
+        if (!p[n])
+            break;
+        p += n + 1;
     }
-    return "?";
+    if (prim < 0)
+        prim = 0;
+    snprintf(primary, 8, "%s", known[prim]);
+    for (unsigned k = 0; k < P2V_ARRAY_SIZE(known); k++)
+        if (seen[k] && (int)k != prim)
+            snprintf(outputs + strlen(outputs), SRV_OUTPUTS_MAX - strlen(outputs), "%s%s",
+                     outputs[0] ? "," : "", known[k]);
+    return 0;
+}
+
+bool srv_job_captured(const struct srv_job *job)
+{
+    if (job->state == JOB_FAILED)
+        return job->failed_stage[0] && strcmp(job->failed_stage, "receiving") != 0;
+    return job->state != JOB_RECEIVING;
 }
 
 uint64_t srv_job_bytes_total(const struct srv_job *job)
@@ -487,7 +565,7 @@ double srv_job_rate(const struct srv_job *job)
 
 static void disk_file_name(const struct srv_job *job, unsigned i, char *out, size_t len)
 {
-    if (job->state == JOB_RECEIVED)
+    if (srv_job_captured(job))
         snprintf(out, len, "disk%u.%s", i, job->format);
     else
         snprintf(out, len, "disk%u.part", i);
@@ -516,7 +594,29 @@ int srv_job_to_json(const struct srv_job *job, struct p2v_buf *out)
     p2v_json_kv_string(&j, "vmconfig", job->vmconfig[0] ? job->vmconfig : NULL);
     p2v_json_kv_string(&j, "vmconfig-error",
                        job->vmconfig_error[0] ? job->vmconfig_error : NULL);
+    /* the pipeline (pipeline.c) */
+    p2v_json_kv_string(&j, "verdict", job->verdict[0] ? job->verdict : NULL);
+    p2v_json_kv_string(&j, "report", job->has_report ? "report.json" : NULL);
+    p2v_json_kv_string(&j, "serial-log", job->has_serial_log ? "verify/serial.log" : NULL);
+    p2v_json_kv_u64(&j, "changes", job->changes);
+    p2v_json_key(&j, "stage-ms");
+    p2v_json_object_begin(&j);
+    for (unsigned i = 0; i < P2V_ARRAY_SIZE(job->stage_ms); i++)
+        if (job->stage_ms[i])
+            p2v_json_kv_u64(&j, srv_stage_names[i], job->stage_ms[i]);
+    p2v_json_object_end(&j);
     p2v_json_kv_string(&j, "format", job->format);
+    p2v_json_key(&j, "outputs");
+    p2v_json_array_begin(&j);
+    for (const char *o = job->outputs; *o;) {
+        size_t n = strcspn(o, ",");
+        p2v_json_stringn(&j, o, n);
+        o += n + (o[n] == ',');
+    }
+    p2v_json_array_end(&j);
+    /* a batch's overrides of the facts (0: none) */
+    p2v_json_kv_u64(&j, "memory-mib", job->memory_mib);
+    p2v_json_kv_u64(&j, "cpus", job->cpus);
     p2v_json_kv_string(&j, "created", created);
     p2v_json_kv_string(&j, "updated", updated);
     p2v_json_kv_string(&j, "agent", job->agent[0] ? job->agent : NULL);
@@ -613,23 +713,50 @@ int srv_job_from_json(const char *text, size_t len, struct srv_job *job, struct 
         BAD("bad \"source-id\"");
     if (!get_str(v, "state", state, sizeof state, false))
         BAD("bad \"state\"");
-    if (strcmp(state, "receiving") == 0)
-        x.state = JOB_RECEIVING;
-    else if (strcmp(state, "received") == 0)
-        x.state = JOB_RECEIVED;
-    else if (strcmp(state, "failed") == 0)
-        x.state = JOB_FAILED;
-    else
+    int sn = srv_job_state_parse(state);
+    if (sn < 0)
         BAD("unknown state '%s'", state);
+    x.state = (enum srv_job_state)sn;
     if (!get_str(v, "failed-stage", x.failed_stage, sizeof x.failed_stage, true) ||
         !get_str(v, "reason", x.reason, sizeof x.reason, true) ||
         !get_str(v, "agent", x.agent, sizeof x.agent, true) ||
         !get_str(v, "vmconfig", x.vmconfig, sizeof x.vmconfig, true) ||
         !get_str(v, "vmconfig-error", x.vmconfig_error, sizeof x.vmconfig_error, true))
         BAD("bad \"failed-stage\", \"reason\", \"agent\" or \"vmconfig\"");
+    const struct jv *rep = jv_get(v, "report"), *slog = jv_get(v, "serial-log");
+    if (!get_str(v, "verdict", x.verdict, sizeof x.verdict, true) ||
+        (rep && rep->type != JV_NULL && rep->type != JV_STR) ||
+        (slog && slog->type != JV_NULL && slog->type != JV_STR))
+        BAD("bad \"verdict\", \"report\" or \"serial-log\"");
+    x.has_report = rep && rep->type == JV_STR;
+    x.has_serial_log = slog && slog->type == JV_STR;
+    if (jv_get(v, "changes") && !jv_u64(jv_get(v, "changes"), &x.changes))
+        BAD("bad \"changes\"");
+    const struct jv *sms = jv_get(v, "stage-ms");
+    if (sms && sms->type == JV_OBJ)
+        for (unsigned i = 0; i < P2V_ARRAY_SIZE(x.stage_ms); i++)
+            if (jv_get(sms, srv_stage_names[i]) && !jv_u64(jv_get(sms, srv_stage_names[i]), &x.stage_ms[i]))
+                BAD("bad \"stage-ms\"");
     if (!get_str(v, "format", x.format, sizeof x.format, false) ||
         (strcmp(x.format, "qcow2") && strcmp(x.format, "vmdk") && strcmp(x.format, "raw")))
         BAD("bad \"format\"");
+    const struct jv *outs = jv_get(v, "outputs");
+    for (size_t k = 0; outs && outs->type == JV_ARR && k < outs->n; k++) {
+        const char *o = jv_str(&outs->items[k]);
+        size_t used = strlen(x.outputs);
+        if (!o || (strcmp(o, "qcow2") && strcmp(o, "vmdk") && strcmp(o, "raw") &&
+                   strcmp(o, "vhd") && strcmp(o, "ova")) ||
+            strcmp(o, x.format) == 0 ||
+            (size_t)snprintf(x.outputs + used, sizeof x.outputs - used, "%s%s",
+                             used ? "," : "", o) >= sizeof x.outputs - used)
+            BAD("bad \"outputs\"");
+    }
+    uint64_t cpus = 0;
+    if ((jv_get(v, "memory-mib") && (!jv_u64(jv_get(v, "memory-mib"), &x.memory_mib) ||
+                                     x.memory_mib > 1024 * 1024)) ||
+        (jv_get(v, "cpus") && (!jv_u64(jv_get(v, "cpus"), &cpus) || cpus > 255)))
+        BAD("bad \"memory-mib\" or \"cpus\"");
+    x.cpus = (unsigned)cpus;
     if (!get_str(v, "created", created, sizeof created, false) ||
         !parse_iso_time(created, &x.created))
         BAD("bad \"created\"");
@@ -775,6 +902,15 @@ static struct srv_job *job_create(struct srv_store *st, const char *id, const ch
     snprintf(job->name, sizeof job->name, "%s", name);
     snprintf(job->source_id, sizeof job->source_id, "%s", source_id);
     snprintf(job->format, sizeof job->format, "%s", st->format);
+    snprintf(job->outputs, sizeof job->outputs, "%s", st->outputs);
+    struct srv_batch_entry be;
+    if (srv_batch_lookup(st, name, &be) == 0) {
+        /* a machine of a batch: its own formats and overrides */
+        snprintf(job->format, sizeof job->format, "%s", be.format);
+        snprintf(job->outputs, sizeof job->outputs, "%s", be.outputs);
+        job->memory_mib = be.memory_mib;
+        job->cpus = be.cpus;
+    }
     job->state = JOB_RECEIVING;
     job->created = time(NULL);
     snprintf(tmp, sizeof tmp, ".new-%s", id);
@@ -886,6 +1022,40 @@ out:
     return res;
 }
 
+bool srv_job_hold(struct srv_store *st, const char *id, const char *source_id)
+{
+    struct srv_held *h = calloc(1, sizeof *h);
+    bool ok = false;
+    if (!h)
+        return false;
+    snprintf(h->id, sizeof h->id, "%s", id);
+    snprintf(h->source_id, sizeof h->source_id, "%s", source_id);
+    pthread_mutex_lock(&st->lock);
+    if (!held_find(st, id)) {
+        h->next = st->held;
+        st->held = h;
+        ok = true;
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (!ok)
+        free(h);
+    return ok;
+}
+
+void srv_job_unhold(struct srv_store *st, const char *id)
+{
+    pthread_mutex_lock(&st->lock);
+    for (struct srv_held **pp = &st->held; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->id, id) == 0) {
+            struct srv_held *h = *pp;
+            *pp = h->next;
+            free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
 void srv_job_release(struct srv_store *st, struct srv_job *job)
 {
     struct p2v_err err = {0};
@@ -897,16 +1067,7 @@ void srv_job_release(struct srv_store *st, struct srv_job *job)
             job->disks[i].committed = srv_ranges_bytes(&job->disks[i].jr.committed);
     if (srv_job_save(job, &err) < 0)
         srv_store_log(st, P2V_LOG_ERROR, "%s", err.msg);
-    pthread_mutex_lock(&st->lock);
-    for (struct srv_held **pp = &st->held; *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->id, job->id) == 0) {
-            struct srv_held *h = *pp;
-            *pp = h->next;
-            free(h);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&st->lock);
+    srv_job_unhold(st, job->id);
     srv_job_free(job);
 }
 

@@ -43,7 +43,9 @@ free_port() {
 server_start() {
     local store=$1 port=${2:-0}; shift; [ $# -gt 0 ] && shift
     rm -f "$store.port"
-    "$SERVER" run --store "$store" --listen "127.0.0.1:$port" --port-file "$store.port" "$@" \
+    # the capture tests stop at "received" (no conversion) unless they say otherwise
+    "$SERVER" run --store "$store" --listen "127.0.0.1:$port" --port-file "$store.port" \
+        --until "${SERVER_UNTIL:-received}" "$@" \
         >>"$store.log" 2>&1 &
     SERVER_PID=$!
     _servers+=("$SERVER_PID")

@@ -28,6 +28,7 @@ EXTRA_DIST += $(CODE_TESTS) $(FIXTURE_TESTS) tests/bench tests/fuzz
 # The slowest tests, slowest first (measured in a CI run): scripts/test-all starts them
 # first so that `make -j` does not end on one long test alone.
 SLOW_TESTS = \
+	tests/e2e/pipeline.sh \
 	tests/integration/vmm-kvm.sh \
 	tests/integration/capture-faults.sh \
 	tests/integration/inject-debian12.sh \

@@ -247,7 +247,7 @@ if [ -n "$server" ]; then
     ok "p2v-server init" test $? -eq 0
     fp=$(sed -n 's/^fingerprint: *//p' "$work/init.out" | head -1)
     token=$(cat "$store/token")
-    "$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -q \
+    "$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -q --until received \
         >"$work/server.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 50); do [ -s "$work/port" ] && break; sleep 0.1; done

@@ -57,7 +57,7 @@ fp=$(sed -n 's/^fingerprint: *//p' "$work/init.out" | head -1)
 token=$(sed -n 's/^token: *//p' "$work/init.out" | head -1)
 [ -n "$fp" ] && [ -n "$token" ] || bail "no fingerprint or token in: $(cat "$work/init.out")"
 
-"$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -v \
+"$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -v --until received \
     >"$work/server.out" 2>&1 &
 spid=$!
 pids+=($spid)

@@ -122,6 +122,14 @@ static void test_sizes(void)
 {
     uint64_t v = 0;
     struct p2v_err err = {0};
+    unsigned long long u;
+    ok(p2v_parse_uint("64", 1, 64, &u) == 0 && u == 64, "parse_uint: the upper bound is in");
+    ok(p2v_parse_uint("65", 1, 64, &u) < 0 && p2v_parse_uint("0", 1, 64, &u) < 0,
+       "parse_uint: out of range refused");
+    ok(p2v_parse_uint("-1", 0, ~0ULL, &u) < 0 && p2v_parse_uint(" 5", 0, 9, &u) < 0 &&
+           p2v_parse_uint("+5", 0, 9, &u) < 0 && p2v_parse_uint("5x", 0, 9, &u) < 0 &&
+           p2v_parse_uint("", 0, 9, &u) < 0 && p2v_parse_uint("99999999999999999999", 0, ~0ULL, &u) < 0,
+       "parse_uint: signs, spaces, trailing text, empty and overflow refused");
     ok(p2v_parse_size("4096", &v, &err) == 0 && v == 4096, "plain size");
     ok(p2v_parse_size("64K", &v, &err) == 0 && v == 65536, "64K");
     ok(p2v_parse_size("2G", &v, &err) == 0 && v == 2ULL << 30, "2G");

@@ -93,18 +93,25 @@ static void test_json_reader(void)
     ok(!v && strstr(err.msg, "offset"), "errors name the offset: %s", err.msg);
 }
 
+/* Two empty jobs; @a named @id (machine @name, source @src) in @format. */
+static void two_jobs(struct srv_job *a, struct srv_job *b, const char *id, const char *name,
+                     const char *src, const char *format)
+{
+    memset(a, 0, sizeof *a);
+    memset(b, 0, sizeof *b);
+    a->dirfd = b->dirfd = -1;
+    snprintf(a->id, sizeof a->id, "%s", id);
+    snprintf(a->name, sizeof a->name, "%s", name);
+    snprintf(a->source_id, sizeof a->source_id, "%s", src);
+    snprintf(a->format, sizeof a->format, "%s", format);
+}
+
 static void test_job_json(void)
 {
     struct srv_job a, b;
     struct p2v_buf buf;
     struct p2v_err err = {0};
-    memset(&a, 0, sizeof a);
-    memset(&b, 0, sizeof b);
-    a.dirfd = b.dirfd = -1;
-    snprintf(a.id, sizeof a.id, "pc1-2");
-    snprintf(a.name, sizeof a.name, "pc1");
-    snprintf(a.source_id, sizeof a.source_id, "abc \"quoted\"");
-    snprintf(a.format, sizeof a.format, "vmdk");
+    two_jobs(&a, &b, "pc1-2", "pc1", "abc \"quoted\"", "vmdk");
     a.state = JOB_FAILED;
     snprintf(a.failed_stage, sizeof a.failed_stage, "receiving");
     snprintf(a.reason, sizeof a.reason, "server store is full");
@@ -151,6 +158,97 @@ static void test_job_json(void)
     ok(srv_job_from_json(t, strlen(t), &b, &err) < 0, "bad disk size refused: %s", err.msg);
     free(t);
     p2v_buf_release(&buf);
+}
+
+/* The pipeline's job.json members, --format lists and batch manifests. */
+static void test_pipeline_fields(void)
+{
+    struct srv_job a, b;
+    struct p2v_buf buf;
+    struct p2v_err err = {0};
+    two_jobs(&a, &b, "web01", "web01", "s", "qcow2");
+    snprintf(a.outputs, sizeof a.outputs, "vmdk,ova");
+    snprintf(a.verdict, sizeof a.verdict, "root-not-found");
+    a.state = JOB_FAILED;
+    snprintf(a.failed_stage, sizeof a.failed_stage, "verifying");
+    a.has_report = a.has_serial_log = true;
+    a.stage_ms[SRV_STAGE_INJECTING] = 41234;
+    a.memory_mib = 768;
+    a.cpus = 3;
+    a.changes = 6;
+    a.created = 1700000000;
+    a.disks[0].known = true;
+    a.disks[0].size = 1 << 20;
+    a.disks[0].sector_size = 512;
+    a.disks[0].complete = true;
+    p2v_buf_init(&buf, 0);
+    ok(srv_job_to_json(&a, &buf) == 0 && srv_job_from_json(p2v_buf_cstr(&buf), buf.len, &b, &err) == 0,
+       "a failed(verifying) job's job.json read back: %s", err.msg);
+    ok(srv_job_captured(&b) && strcmp(b.outputs, "vmdk,ova") == 0 &&
+           strcmp(b.verdict, "root-not-found") == 0 && b.has_report && b.has_serial_log &&
+           b.stage_ms[SRV_STAGE_INJECTING] == 41234 && b.memory_mib == 768 && b.cpus == 3 &&
+           b.changes == 6 && strstr(p2v_buf_cstr(&buf), "\"file\": \"disk0.qcow2\""),
+       "outputs, verdict, report, stage times, overrides survive; the disk is the final one");
+    for (int s = JOB_RECEIVING; s <= JOB_FAILED; s++)
+        ok(srv_job_state_parse(srv_job_state_name((enum srv_job_state)s)) == s, "state %s",
+           srv_job_state_name((enum srv_job_state)s));
+    ok(srv_job_state_parse("converted") < 0, "an unknown state is refused");
+    a.state = JOB_FAILED;
+    snprintf(a.failed_stage, sizeof a.failed_stage, "receiving");
+    ok(!srv_job_captured(&a), "failed while receiving: not captured (the agent resumes it)");
+    p2v_buf_release(&buf);
+
+    char prim[8], outs[SRV_OUTPUTS_MAX];
+    static const struct { const char *in, *prim, *outs; } good[] = {
+        {"qcow2", "qcow2", ""},
+        {"ova", "qcow2", "ova"},
+        {"vmdk,ova", "vmdk", "ova"},
+        {"vhd,raw,qcow2", "raw", "qcow2,vhd"},
+    };
+    for (size_t i = 0; i < P2V_ARRAY_SIZE(good); i++)
+        ok(srv_parse_formats(good[i].in, prim, outs, &err) == 0 &&
+               strcmp(prim, good[i].prim) == 0 && strcmp(outs, good[i].outs) == 0,
+           "--format %s: received as %s, then '%s' (got %s, '%s')", good[i].in, good[i].prim,
+           good[i].outs, prim, outs);
+    static const char *const badf[] = {"", "qcow2,", "iso", "raw,raw", "qcow2,,vmdk"};
+    for (size_t i = 0; i < P2V_ARRAY_SIZE(badf); i++)
+        ok(srv_parse_formats(badf[i], prim, outs, &err) < 0, "--format '%s' refused: %s",
+           badf[i], err.msg);
+
+    struct srv_batch_entry *v = NULL;
+    size_t n = 0;
+    const char *m = "# wave\n\nweb01 format=vmdk,ova memory=4096 cpus=2 # web\r\ndb01\n";
+    ok(srv_batch_parse(m, strlen(m), &v, &n, &err) == 0 && n == 2 &&
+           strcmp(v[0].name, "web01") == 0 && strcmp(v[0].format, "vmdk") == 0 &&
+           strcmp(v[0].outputs, "ova") == 0 && v[0].memory_mib == 4096 && v[0].cpus == 2 &&
+           strcmp(v[1].name, "db01") == 0 && strcmp(v[1].format, "qcow2") == 0 &&
+           v[1].memory_mib == 0,
+       "a manifest: two machines, options, comments and CRLF");
+    free(v);
+    static const struct { const char *text, *msg; } badm[] = {
+        {"", "no machine"},
+        {"web01 cpus=0", "line 1: cpus"},
+        {"web01\nweb01", "line 2: machine 'web01' is listed twice"},
+        {"a/b", "line 1: machine name"},
+        {"web01 memory", "line 1: 'memory' is not KEY=VALUE"},
+        {"web01\n\x01x", "line 2"},
+        {"web01 format=qcow2,qcow2", "named twice"},
+    };
+    for (size_t i = 0; i < P2V_ARRAY_SIZE(badm); i++) {
+        v = NULL;
+        int r = srv_batch_parse(badm[i].text, strlen(badm[i].text), &v, &n, &err);
+        ok(r < 0 && !v && strstr(err.msg, badm[i].msg), "bad manifest %zu refused: %s", i,
+           err.msg);
+    }
+    char nul[] = "web01\0db01";
+    ok(srv_batch_parse(nul, sizeof nul - 1, &v, &n, &err) < 0 && strstr(err.msg, "NUL"),
+       "a manifest with a NUL byte is refused: %s", err.msg);
+    char *longl = malloc(2000);
+    memset(longl, 'a', 1999);
+    longl[1999] = '\0';
+    ok(srv_batch_parse(longl, 1999, &v, &n, &err) < 0 && strstr(err.msg, "longer than"),
+       "an over-long line is refused");
+    free(longl);
 }
 
 static int write_small(const char *dir, const char *name, const char *text)
@@ -349,6 +447,7 @@ int main(void)
     test_names();
     test_json_reader();
     test_job_json();
+    test_pipeline_fields();
     test_files();
     test_store();
     int rc = exit_status();

@@ -543,12 +543,12 @@ static void test_job(void)
     fd = openat(job->dirfd, "vm", O_WRONLY | O_CREAT, 0600);
     if (fd >= 0)
         close(fd);
-    srv_job_write_vmconfig(&st, job, NULL);
+    srv_job_write_vmconfig(&st, job, NULL, false);
     ok(strcmp(job->vmconfig, "failed") == 0 && strstr(job->vmconfig_error, "/vm") &&
            faccessat(job->dirfd, "disk0.raw", F_OK, 0) == 0,
        "a failure is recorded (%s) and the disk kept", job->vmconfig_error);
     unlinkat(job->dirfd, "vm", 0);
-    srv_job_write_vmconfig(&st, job, NULL);
+    srv_job_write_vmconfig(&st, job, NULL, false);
     struct p2v_buf b;
     p2v_buf_init(&b, 0);
     srv_read_file_at(job->dirfd, "vm/j1.xml", 1 << 20, &b, NULL);
@@ -568,7 +568,7 @@ static void test_job(void)
             diag("write failed");
         close(fd);
     }
-    srv_job_write_vmconfig(&st, job, NULL);
+    srv_job_write_vmconfig(&st, job, NULL, false);
     p2v_buf_reset(&b);
     srv_read_file_at(job->dirfd, "job.log", 1 << 20, &b, NULL);
     ok(strcmp(job->vmconfig, "written") == 0 &&
