@@ -742,14 +742,15 @@ static void start_worker(struct srv_pipeline *p, const char *id)
 
 static void scan(struct srv_pipeline *p)
 {
-    int fd = dup(p->st->jobsfd);
+    /* a descriptor of its own: a dup would share its reading position with the status
+     * page's listing of the same folder */
+    int fd = openat(p->st->jobsfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
         if (fd >= 0)
             close(fd);
         return;
     }
-    rewinddir(d);
     for (struct dirent *e; (e = readdir(d)) && !atomic_load(&p->stop);) {
         if (!srv_job_id_ok(e->d_name))
             continue;
@@ -766,6 +767,34 @@ static void scan(struct srv_pipeline *p)
         srv_job_free(job);
         if (want)
             start_worker(p, e->d_name);
+    }
+    closedir(d);
+}
+
+/* At start, before any appliance of ours runs: the appliances a killed server left on
+ * the disks of jobs it was injecting are stopped (they would run on, and count against
+ * --max-inject, until each job's turn came). */
+static void reap_leftovers(struct srv_store *st)
+{
+    int fd = openat(st->jobsfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* own offset */
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    for (struct dirent *e; (e = readdir(d));) {
+        struct p2v_err err = {0};
+        char name[32], disk[PATH_MAX];
+        if (!srv_job_id_ok(e->d_name))
+            continue;
+        struct srv_job *job = srv_job_load(st, e->d_name, &err);
+        if (!job)
+            continue;
+        snprintf(name, sizeof name, "disk0.%s", job->format);
+        if (job->state == JOB_INJECTING && job_file_path(job, name, disk, sizeof disk, &err) == 0)
+            kill_leftovers(job, disk);
+        srv_job_free(job);
     }
     closedir(d);
 }
@@ -803,6 +832,7 @@ struct srv_pipeline *srv_pipeline_start(struct srv_store *st, const struct srv_p
     pthread_cond_init(&p->cond, NULL);
     sem_init_n(&p->inject, o->max_inject);
     sem_init_n(&p->verify, o->max_verify);
+    reap_leftovers(st);
     int e = pthread_create(&p->scanner, NULL, scanner_main, p);
     if (e != 0) {
         errno = e;

@@ -49,13 +49,14 @@ agent --name beta --disk "$mini" >"$work/beta.log" 2>&1 & a2=$!
 agent --name gamma --disk "$deb" >"$work/gamma.log" 2>&1 & a3=$!
 rc=0; for p in $a1 $a2 $a3; do wait $p || rc=$?; done
 is "$rc" 0 "three agents at once: every capture finished ($(( SECONDS - t0 )) s)"
-# count the jobs injecting at once while they convert; kill the server once while gamma
-# injects and once while it verifies
+# count the appliances running at once (QEMU whose command line names a job's disk: the
+# verification boots run on an overlay elsewhere) while the jobs convert; kill the server
+# once while gamma injects and once while it verifies
 maxinj=0 killed_inj=0 killed_ver=0 restarts=0
 while [ $(( SECONDS - t0 )) -lt 900 ]; do
-    n=0 done=0
+    n=$(pgrep -fc "qemu-system.*$store/jobs/") done=0
     for k in alpha beta gamma; do
-        case $(jf "$store" $k state) in injecting) n=$((n + 1)) ;; verified|failed) done=$((done + 1)) ;; esac
+        case $(jf "$store" $k state) in verified|failed) done=$((done + 1)) ;; esac
     done
     [ $n -gt $maxinj ] && maxinj=$n
     [ $done -eq 3 ] && break
@@ -69,7 +70,7 @@ while [ $(( SECONDS - t0 )) -lt 900 ]; do
     fi
     sleep 0.5
 done
-diag "converted in $(( SECONDS - t0 )) s; at most $maxinj injecting at once; $restarts restarts"
+diag "converted in $(( SECONDS - t0 )) s; at most $maxinj appliances at once; $restarts restarts"
 is "$killed_inj" injecting "(b) killed while gamma was injecting: job.json still says injecting"
 is "$killed_ver" verifying "(b) killed while gamma was verifying: job.json still says verifying"
 for j in alpha beta gamma; do
@@ -80,7 +81,8 @@ done
 ok "(b) gamma's job.log: injecting and verifying each started again after a restart" bash -c '
     [ "$(grep -c "state: injecting" "$1")" -ge 2 ] && [ "$(grep -c "state: verifying" "$1")" -ge 2 ]' \
     _ "$store/jobs/gamma/job.log"
-ok "never more than --max-inject (2) injections at once (saw $maxinj)" test "$maxinj" -le 2
+ok "never more than --max-inject (2) appliances at once, and some ran (saw $maxinj)" \
+    test "$maxinj" -le 2 -a "$maxinj" -ge 1
 r=$store/jobs/gamma
 ok "gamma: report.json names the verdict, the engine and the serial log" bash -c '
     python3 -c "import json,sys; r=json.load(open(sys.argv[1]))

@@ -3,11 +3,10 @@
 # an ext4 root (extlinux) and a swap partition whose initramfs carries only IDE/SATA
 # drivers. Static checks (partition table, boot code, a clean file system, no virtio in
 # the initramfs, virtio modules on the root for injection), then boots under QEMU TCG:
-# on IDE and on AHCI it reaches its marker (and login: on IDE), on virtio its initramfs
-# gives up with "ALERT! root device" and powers off. The image never changes.
+# on IDE and on AHCI it reaches its marker (and login: on IDE). The image never changes.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 sfdisk e2fsck debugfs cpio zcat sha256sum
-plan 19
+plan 17
 
 img=$(fixture mini-bios)
 # FIXTURE_MARKER, FIXTURE_ROOT_DEV, FIXTURE_KERNEL, FIXTURE_SHA256, ...
@@ -88,13 +87,7 @@ rc=0; boot ahci 75 "$ready" -device ahci,id=ahci \
 ok "SATA/AHCI: boots to the marker '$ready'" test $rc -eq 0
 ok "SATA/AHCI: swap on /dev/sda2" seen "swap on /dev/sda2" "$work/ahci.log"
 
-# on virtio the initramfs waits ~10 s for the root, then powers the machine off
-rc=0; boot virtio 75 "reboot: Power down|$FIXTURE_MARKER" \
-    -drive "file=$img,format=raw,if=virtio,snapshot=on" || rc=$?
-ok "virtio: the initramfs says 'ALERT! root device $FIXTURE_ROOT_DEV not found'" \
-    seen "ALERT! root device $FIXTURE_ROOT_DEV not found" "$work/virtio.log"
-ok "virtio: powered off, never the marker" bash -c '
-    [ "$1" -eq 0 ] && grep -aq "reboot: Power down" "$3" && ! grep -aq -- "$2" "$3"' \
-    _ "$rc" "$FIXTURE_MARKER" "$work/virtio.log"
-
+# (that on virtio its initramfs cannot find the root, "ALERT! root device", QEMU shows in
+# vmm-qemu.sh and tests/e2e/pipeline.sh through p2v-vmm's QEMU engine; the initramfs has no
+# virtio module, checked above)
 is "$(sha256sum "$img" | cut -d' ' -f1)" "$sum0" "the image is unchanged after the boots"

@@ -35,6 +35,8 @@ qemu-img convert -O vmdk -o subformat=monolithicSparse "$injected" "$work/mini-s
 qemu-img convert -O vhdx "$injected" "$work/mini.vhdx"
 # 3 GiB: not copied; the nested machine sees it read-only, its hash is the fixture's record
 ln -s "$deb_plain" "$work/debian-plain.raw"
+echo "root=UUID=$(. "$(dirname "$deb_plain")/fixture.env"; echo "$FIXTURE_ROOT_UUID") ro rootdelay=3" \
+    >"$work/debian-plain.cmdline"
 head -c 300000 /dev/urandom >"$work/garbage.bin"
 # the test guest's disk: 4 MiB of random data, in every format
 head -c $((4 << 20)) /dev/urandom >"$work/guest.raw"
@@ -96,8 +98,10 @@ ok "the reason says why" bash -c "grep -qi 'bzimage\|HdrS' '$work/garbage.out'"
 is "$(rc reset):$(jget reset "['result']"):$(jget reset "['figures']['resets']")" "15:reset-loop:3" \
     "a guest that resets at once: reset loop after 3 power-ons ($(secs reset) s)"
 is "$(rc hung)" 16 "a guest that never shows the pattern: timeout"
-ok "the timeout verdict came within 6 s ($(secs hung) s)" \
-    python3 -c "import sys; sys.exit(0 if $(secs hung) <= 6.0 else 1)"
+# timeout + 1 s from power-on (the verdict's own clock; the wall time also counts the
+# VMM's start in the nested machine, where our code runs under TCG)
+ok "the timeout verdict came within 6 s of power-on ($(jget hung "['seconds']") s; $(secs hung) s in all)" \
+    python3 -c "import sys; sys.exit(0 if $(jget hung "['seconds']") <= 6.0 else 1)"
 
 # ---- debian12 ----------------------------------------------------------------------------------
 is "$(rc debian):$(jget debian "['result']")" "0:success" "debian12: success ($(secs debian) s)"

@@ -47,7 +47,8 @@ run hung verify --json --engine kvm --memory 512 --timeout 5 --expect 'NEVER-SHO
 run debian verify --json --engine kvm --memory 1024 --timeout 300 --log debian.log \
     --expect '(^|[^A-Za-z])login: *$' debian.qcow2
 # the debian12 fixture untouched (read-only, straight from the fixture cache): its
-# initramfs gives up waiting for the root device
+# initramfs gives up waiting for the root device (its own command line with rootdelay=3,
+# so that it waits 3 s, not 30)
 run debian-plain verify --json --engine kvm --memory 1024 --timeout 300 --log debian-plain.log \
-    debian-plain.raw
+    --append "$(cat debian-plain.cmdline)" debian-plain.raw
 exit 0
