@@ -114,10 +114,14 @@ media_run() {
 media_answer() {
     local log=$1 fifo=$2; shift 2
     (
-        n=0
+        # a prompt asked again is answered at its next showing: its Nth answer waits for
+        # its Nth appearance on the console
+        declare -A asked
         while [ $# -ge 2 ]; do
-            n=$((n + 1))
-            until [ "$(grep -a -c -F -- "$1" "$log" 2>/dev/null)" -ge 1 ]; do sleep 0.3; done
+            asked[$1]=$(( ${asked[$1]:-0} + 1 ))
+            until [ "$(grep -a -o -F -- "$1" "$log" 2>/dev/null | wc -l)" -ge "${asked[$1]}" ]; do
+                sleep 0.3
+            done
             sleep 0.5
             printf '%s\n' "$2" >"$fifo"
             shift 2
