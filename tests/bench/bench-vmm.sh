@@ -11,7 +11,8 @@
 #  2. This host: `p2v-vmm verify` (engine auto; QEMU TCG where /dev/kvm is missing or slow)
 #     to its verdict at the login prompt, against a plain QEMU TCG boot of the same disk
 #     (SeaBIOS, extlinux, the same kernel) to the login prompt. Target: <= 1.1x.
-# P2V_BENCH_RUNS runs each (default 3), alternating; medians and ratios.
+# P2V_BENCH_RUNS runs each (default 3), alternating; medians and ratios. P2V_BENCH_PARTS:
+# "kvm host" (default), or one of them.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 src_dir=${top_srcdir:-$here/../..}
@@ -39,7 +40,9 @@ field() { # field PREFIX KEY: the values of KEY in WORK/PREFIX.*.json, one per l
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b ? a / b : 0}'; }
 
+parts=${P2V_BENCH_PARTS:-kvm host}
 # ---- 1. KVM ----------------------------------------------------------------------------------
+if [[ " $parts " == *" kvm "* ]]; then
 echo "bench-vmm: KVM part ($runs runs each; nested when /dev/kvm is not fast)"
 P2V_VMM=$vmm abs_top_builddir=$build abs_top_srcdir=$src_dir P2V_NEST_TIMEOUT=3600 \
     "$src_dir/tests/kvm/kvm-run" bash "$here/bench-vmm-nested.sh" "$work" "$runs" \
@@ -61,8 +64,10 @@ printf '  %-28s %10s %12s %14s %14s\n' "" "seconds" "VM exits" "I/O+MMIO exits" 
 printf '  %-28s %10s %12s %14s %14s\n' "p2v-vmm --engine kvm" "$t_ours" "$x_ours" "$u_ours" "$m_ours"
 printf '  %-28s %10s %12s %14s %14s\n' "qemu-system-x86_64 -enable-kvm" "$t_qemu" "$x_qemu" "$u_qemu" "$m_qemu"
 echo "  time ratio ours/qemu: $(ratio "$t_ours" "$t_qemu") (target <= 0.7); our overhead $(( ${m_ours%.*} / 1024 )) MiB (target <= 16)"
+fi
 
 # ---- 2. this host: engine auto against a plain QEMU TCG boot -----------------------------
+[[ " $parts " == *" host "* ]] || exit 0
 echo "bench-vmm: this host, engine auto to its verdict vs plain QEMU TCG to login ($runs runs each)"
 for r in $(seq 1 "$runs"); do
     python3 "$here/boot-timer.py" --timeout 600 -- "$vmm" verify --json --memory 512 \
