@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -196,12 +195,10 @@ static void kill_leftovers(struct srv_job *job, const char *disk)
 }
 
 /* Enter @state (written to job.json) once a slot of @sem is ours. */
-static void enter(struct srv_pipeline *p, struct sem *sem, struct srv_job *job,
-                  enum srv_job_state state)
+static void enter(struct sem *sem, struct srv_job *job, enum srv_job_state state)
 {
     struct p2v_err err = {0};
-    if (p)
-        sem_take(sem);
+    sem_take(sem);
     job->state = state;
     if (srv_job_save(job, &err) < 0)
         srv_store_log(job->store, P2V_LOG_ERROR, "%s", err.msg);
@@ -310,7 +307,7 @@ static int stage_inject(struct srv_pipeline *p, const struct srv_pipeline_opts *
     struct di_report *rep = NULL;
     double t0 = p2v_now();
 
-    enter(p, p ? &p->inject : NULL, job, JOB_INJECTING);
+    enter(&p->inject, job, JOB_INJECTING);
     p2v_buf_init(&b, REPORT_PART_MAX);
     p2v_json_init(&j, &b, true);
     if (!o->inject) {
@@ -327,7 +324,6 @@ static int stage_inject(struct srv_pipeline *p, const struct srv_pipeline_opts *
             goto out;
         }
         struct di_options dio = {.disk = disk, .format = job->format};
-        kill_leftovers(job, disk);
         srv_job_log(job, "injecting: p2v-inject on %s", name);
         srv_store_log(job->store, P2V_LOG_INFO, "job %s: injecting virtio drivers", job->id);
         enum di_status ds = di_inject(&dio, &rep, &err);
@@ -347,16 +343,15 @@ static int stage_inject(struct srv_pipeline *p, const struct srv_pipeline_opts *
     job->stage_ms[SRV_STAGE_INJECTING] = (uint64_t)elapsed_ms(t0);
     /* the configurations, for the converted disk */
     t0 = p2v_now();
-    srv_job_write_vmconfig(job->store, job, p ? &p->stop : NULL, true);
-    if (export_disks(job, p ? &p->stop : NULL, &err) < 0) {
+    srv_job_write_vmconfig(job->store, job, &p->stop, true);
+    if (export_disks(job, &p->stop, &err) < 0) {
         job_fail(job, "configuring", err.msg);
         goto out;
     }
     job->stage_ms[SRV_STAGE_CONFIGURING] = (uint64_t)elapsed_ms(t0);
     job->state = JOB_CONFIGURED;
 out:
-    if (p)
-        sem_give(&p->inject);
+    sem_give(&p->inject);
     di_report_free(rep);
     p2v_buf_release(&b);
     return job->state == JOB_FAILED ? -1 : 0;
@@ -373,7 +368,7 @@ static int stage_verify(struct srv_pipeline *p, const struct srv_pipeline_opts *
     double t0 = p2v_now();
     int vfd = -1;
 
-    enter(p, p ? &p->verify : NULL, job, JOB_VERIFYING);
+    enter(&p->verify, job, JOB_VERIFYING);
     p2v_buf_init(&b, REPORT_PART_MAX);
     snprintf(name, sizeof name, "disk0.%s", job->format);
     if (!v) {
@@ -423,8 +418,7 @@ static int stage_verify(struct srv_pipeline *p, const struct srv_pipeline_opts *
         job_fail(job, "verifying", why);
     }
 out:
-    if (p)
-        sem_give(&p->verify);
+    sem_give(&p->verify);
     job->stage_ms[SRV_STAGE_VERIFYING] = (uint64_t)elapsed_ms(t0);
     if (vfd >= 0)
         close(vfd);
@@ -459,10 +453,11 @@ static int file_sha256(int dirfd, const char *name, char hex[65], struct stat *s
     if (fd < 0)
         return -1;
     enum { BUF = 1 << 20 };
-    unsigned char *buf = malloc(BUF), md[32];
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char *buf = malloc(BUF);
+    uint8_t md[P2V_PROTO_HASH_LEN];
+    struct p2v_digest *ctx = p2v_digest_new(P2V_HASH_SHA256);
     int r = -1;
-    if (!buf || !ctx || fstat(fd, sb) < 0 || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+    if (!buf || !ctx || fstat(fd, sb) < 0)
         goto out;
     for (;;) {
         ssize_t n = read(fd, buf, BUF);
@@ -472,16 +467,16 @@ static int file_sha256(int dirfd, const char *name, char hex[65], struct stat *s
             goto out;
         if (n == 0)
             break;
-        if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+        if (p2v_digest_update(ctx, buf, (size_t)n) < 0)
             goto out;
     }
-    if (!EVP_DigestFinal_ex(ctx, md, NULL))
+    if (p2v_digest_final(ctx, md) < 0)
         goto out;
-    for (unsigned i = 0; i < 32; i++)
+    for (unsigned i = 0; i < sizeof md; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
     r = 0;
 out:
-    EVP_MD_CTX_free(ctx);
+    p2v_digest_free(ctx);
     free(buf);
     close(fd);
     return r;
@@ -632,7 +627,7 @@ static int run_job(struct srv_pipeline *p, struct srv_store *st,
     }
     int r = 0;
     bool stopping = false;
-    while (wants_work(job, o) && !(stopping = p && atomic_load(&p->stop))) {
+    while (wants_work(job, o) && !(stopping = atomic_load(&p->stop))) {
         enum srv_job_state was = job->state;
         switch (job->state) {
         case JOB_RECEIVED:
@@ -664,12 +659,6 @@ static int run_job(struct srv_pipeline *p, struct srv_store *st,
     srv_job_free(job);
     srv_job_unhold(st, id);
     return r;
-}
-
-int srv_pipeline_run_job(struct srv_store *st, const struct srv_pipeline_opts *o,
-                         const char *id, struct p2v_err *err)
-{
-    return run_job(NULL, st, o, id, err);
 }
 
 /* ---------------------------------------------------------------- the scanner */

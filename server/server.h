@@ -443,9 +443,6 @@ struct srv_pipeline *srv_pipeline_start(struct srv_store *st, const struct srv_p
  * at its stage next time). Returns how many are still running (then @p is left to them
  * and the store must stay open). */
 unsigned srv_pipeline_stop(struct srv_pipeline *p, int secs);
-/* Run the pipeline on one job to the end, in this thread (tests, `retry`). */
-int srv_pipeline_run_job(struct srv_store *st, const struct srv_pipeline_opts *o,
-                         const char *id, struct p2v_err *err);
 /* `p2v-server retry JOB`: a job that failed in a pipeline stage goes back to the state
  * before that stage (a running server takes it up within a second). Exit code. */
 int srv_retry(const char *store, const char *id);
