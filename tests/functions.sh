@@ -122,7 +122,11 @@ injected_fixture() {
     local name=$1 fmt=${2:-raw} img inject key dir cache=${P2V_FIXTURE_CACHE:-/var/tmp/p2vkit-fixtures}
     img=$(fixture "$name") || return 1
     inject=$(p2v_bin p2v-inject) || return 1
-    key=$( { cat "$(dirname "$img")/fixture.env"; cat "$inject"; echo "$fmt"; } | sha256sum | cut -c1-12)
+    # keyed by the sources p2v-inject is built from (not the binary, which differs between
+    # build trees), so that a new clone does not inject again
+    key=$( { cat "$(dirname "$img")/fixture.env"; echo "$fmt"
+             find "$top_srcdir/driver-inject" "$top_srcdir/common" "$top_srcdir/disk-formats" \
+                 -name '*.[ch]' | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-12)
     dir=$cache/injected-$name-$fmt-$key
     if [ ! -f "$dir/disk.$fmt" ]; then
         (
