@@ -1,13 +1,18 @@
 /* bootcfg.c: find what a converted disk boots, without mounting it. Reads the partition
  * table (MBR with its extended partition chain, or GPT behind a protective MBR), opens every
- * ext2/3/4 partition through ext2io.c, looks for a GRUB or extlinux/syslinux configuration
- * in the usual places, parses its default entry (bootparse.c) and reads the kernel and the
- * initrd it names.
+ * ext2/3/4 partition through ext2io.c and every FAT12/16/32 one (an EFI system partition)
+ * through fatio.c, looks for a GRUB or extlinux/syslinux configuration in the usual places,
+ * parses its default entry (bootparse.c) and reads the kernel and the initrd it names.
+ *
+ * The ext2/3/4 partitions are searched first: a Debian or Ubuntu UEFI install keeps a stub
+ * grub.cfg on the ESP (/EFI/debian/grub.cfg) that only loads /boot/grub/grub.cfg from the
+ * root file system, and that one holds the menu. The FAT partitions come next:
+ * /EFI/<dir>/grub.cfg for each directory under /EFI (BOOT, the removable-media fallback,
+ * last), then the usual places (syslinux on FAT).
  *
  * Partition tables are untrusted: every table, count and range is checked against the
  * disk's size and capped (UEFI 2.10 §5.3 for GPT; the MBR layout as documented by the
  * de-facto standard). Sectors are 512 bytes: disk images have no other sector size here.
- * vfat partitions (an EFI system partition holding /EFI/<vendor>/grub.cfg) are not read.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,8 +39,9 @@
 struct bootcfg_part {
     int num;           /* 1-based; logical MBR partitions from 5 */
     uint64_t off, size; /* bytes */
-    bool vfat;
+    bool vfat;          /* typed or signed as FAT */
     struct vmm_ext2 *fs; /* when it holds ext2/3/4 */
+    struct vmm_fat *fat; /* when it holds FAT12/16/32 */
 };
 
 struct bootcfg_disk {
@@ -44,6 +50,8 @@ struct bootcfg_disk {
     const char *table; /* "mbr" | "gpt" */
     struct bootcfg_part parts[BOOTCFG_PARTS_MAX];
     int n;
+    int fat_bad;       /* the first FAT-looking partition that would not open (0: none) */
+    char fat_why[P2V_ERR_MSG_MAX]; /* and why */
 };
 
 static const char *const bootcfg_configs[] = {
@@ -88,7 +96,7 @@ static int disk_add(struct bootcfg_disk *d, int num, uint64_t lba, uint64_t sect
     }
     if (d->n == (int)BOOTCFG_PARTS_MAX)
         return 0;
-    d->parts[d->n++] = (struct bootcfg_part){num, off, size, vfat, NULL};
+    d->parts[d->n++] = (struct bootcfg_part){num, off, size, vfat, NULL, NULL};
     return 0;
 }
 
@@ -243,7 +251,8 @@ static int disk_read_table(struct bootcfg_disk *d, struct p2v_err *err)
     return 0;
 }
 
-/* Open every partition holding ext2/3/4 (superblock magic 0xef53 at 1024 + 56). */
+/* Open every partition holding ext2/3/4 (superblock magic 0xef53 at 1024 + 56), and every
+ * one typed FAT or whose boot sector says "FAT" as FAT. */
 static void disk_probe(struct bootcfg_disk *d)
 {
     for (int i = 0; i < d->n; i++) {
@@ -258,12 +267,55 @@ static void disk_probe(struct bootcfg_disk *d)
             if (!p->vfat && diskfmt_pread(d->img, b, sizeof(b), p->off, &e) == 0 &&
                 (memcmp(b + 54, "FAT", 3) == 0 || memcmp(b + 82, "FAT", 3) == 0))
                 p->vfat = true;
+            if (!p->vfat)
+                continue;
+            p->fat = vmm_fat_open(d->img, p->off, p->size, &e);
+            if (!p->fat) {
+                p2v_log(P2V_LOG_DEBUG, "partition %d: %s", p->num, e.msg);
+                if (!d->fat_bad) {
+                    d->fat_bad = p->num;
+                    memcpy(d->fat_why, e.msg, sizeof(d->fat_why));
+                }
+            }
             continue;
         }
         p->fs = vmm_ext2_open(d->img, p->off, p->size, &e);
         if (!p->fs)
             p2v_log(P2V_LOG_DEBUG, "partition %d: %s", p->num, e.msg);
     }
+}
+
+/* The file system's id for grub's `search --fs-uuid`: the ext2 UUID or the FAT volume id
+ * ("ABCD-1234"); NULL when the partition was not opened. */
+static const char *part_uuid(const struct bootcfg_part *p)
+{
+    return p->fs ? vmm_ext2_uuid(p->fs) : p->fat ? vmm_fat_uuid(p->fat) : NULL;
+}
+
+/* Read @path from whichever file system @p holds, as vmm_ext2_read_file() does; on FAT the
+ * resolved path is @path as looked up (no links there). */
+static int part_read(struct bootcfg_part *p, const char *path, size_t cap, uint8_t **data,
+                     size_t *len, char **resolved, struct p2v_err *err)
+{
+    if (p->fs)
+        return vmm_ext2_read_file(p->fs, path, cap, data, len, resolved, err);
+    if (!p->fat)
+        return p2v_err_set(err, ENOENT, "'%s': partition %d holds no file system read here",
+                           path, p->num);
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    char *res = NULL;
+    if (vmm_fat_read_file(p->fat, path, cap, &buf, &n, err) < 0)
+        return -1;
+    if (resolved && !(res = strdup(path))) {
+        free(buf);
+        return p2v_err_set(err, ENOMEM, "out of memory");
+    }
+    *data = buf;
+    *len = n;
+    if (resolved)
+        *resolved = res;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ the search */
@@ -282,7 +334,18 @@ struct bootcfg_cand {
     int pi;
     char path[BOOTCFG_PATH_MAX];
 };
-#define BOOTCFG_CANDS_MAX 8
+#define BOOTCFG_CANDS_MAX 16
+
+static void cand_add(struct bootcfg_cand *c, int *n, int pi, const char *prefix,
+                     const char *path)
+{
+    if (*n == BOOTCFG_CANDS_MAX)
+        return;
+    int w = snprintf(c[*n].path, BOOTCFG_PATH_MAX, "%s%s", prefix, path);
+    if (w < 0 || w >= (int)BOOTCFG_PATH_MAX)
+        return;
+    c[(*n)++].pi = pi;
+}
 
 static int bootcfg_candidates(const struct bootcfg_disk *d, int ci, const char *cfg_path,
                               bool relative_to_cfg, const char *path, const char *uuid,
@@ -302,27 +365,30 @@ static int bootcfg_candidates(const struct bootcfg_disk *d, int ci, const char *
         if (w < 0 || w >= (int)sizeof(base))
             return 0;
     }
-    /* grub: the file system found by `search --fs-uuid --set=root` first */
+    /* grub: the file system found by `search --fs-uuid --set=root` first (an ext2 UUID
+     * or a FAT volume id, compared without case); room is kept for the rest */
     if (uuid)
-        for (int i = 0; i < d->n && n < BOOTCFG_CANDS_MAX; i++)
-            if (d->parts[i].fs && strcasecmp(vmm_ext2_uuid(d->parts[i].fs), uuid) == 0) {
-                c[n].pi = i;
-                snprintf(c[n++].path, BOOTCFG_PATH_MAX, "%s", base);
-            }
-    c[n].pi = ci;
-    snprintf(c[n++].path, BOOTCFG_PATH_MAX, "%s", base);
+        for (int i = 0; i < d->n && n < BOOTCFG_CANDS_MAX / 2; i++) {
+            const char *u = part_uuid(&d->parts[i]);
+            if (u && u[0] && strcasecmp(u, uuid) == 0)
+                cand_add(c, &n, i, "", base);
+        }
+    int by_uuid = n;
+    cand_add(c, &n, ci, "", base);
     /* a separate /boot (configuration at /grub/...): "/boot/x" is "/x" there; and the other
      * way round, a path written for a separate /boot found on the root fs */
     bool cfg_in_boot = strncmp(cfg_path, "/boot/", 6) == 0;
-    if (!cfg_in_boot && strncmp(base, "/boot/", 6) == 0) {
-        c[n].pi = ci;
-        snprintf(c[n++].path, BOOTCFG_PATH_MAX, "%s", base + 5);
-    } else if (cfg_in_boot && strncmp(base, "/boot/", 6) != 0) {
-        int w = snprintf(c[n].path, BOOTCFG_PATH_MAX, "/boot%s", base);
-        c[n].pi = ci;
-        if (w > 0 && w < (int)BOOTCFG_PATH_MAX)
-            n++;
-    }
+    if (!cfg_in_boot && strncmp(base, "/boot/", 6) == 0)
+        cand_add(c, &n, ci, "", base + 5);
+    else if (cfg_in_boot && strncmp(base, "/boot/", 6) != 0)
+        cand_add(c, &n, ci, "/boot", base);
+    /* a configuration on FAT (the ESP) that named no file system by UUID: grub's root is the
+     * ESP, but the files may well be on an ext2/3/4 partition it set by other means
+     * (`set root=(hd0,gpt2)`, whose device part the parser drops) */
+    if (d->parts[ci].fat && by_uuid == 0)
+        for (int i = 0; i < d->n; i++)
+            if (d->parts[i].fs)
+                cand_add(c, &n, i, "", base);
     return n;
 }
 
@@ -336,7 +402,7 @@ static int bootcfg_read(struct bootcfg_disk *d, const struct bootcfg_cand *c, in
     struct p2v_err e;
     for (int i = 0; i < nc; i++) {
         struct bootcfg_part *p = &d->parts[c[i].pi];
-        if (vmm_ext2_read_file(p->fs, c[i].path, cap, data, len, resolved, &e) == 0) {
+        if (part_read(p, c[i].path, cap, data, len, resolved, &e) == 0) {
             *part = p->num;
             return 0;
         }
@@ -432,6 +498,57 @@ out:
     return r;
 }
 
+/* Read the configuration @cfg on partition index @i and use it: 1 when it is not there, 0
+ * when used, -1 on error. */
+static int bootcfg_try(struct bootcfg_disk *d, int i, const char *cfg, struct vmm_bootcfg *out,
+                       struct p2v_err *err)
+{
+    uint8_t *text = NULL;
+    size_t tlen = 0;
+    struct p2v_err e;
+    if (part_read(&d->parts[i], cfg, BOOTCFG_CONFIG_MAX, &text, &tlen, NULL, &e) < 0) {
+        if (e.code == ENOENT)
+            return 1;
+        return p2v_err_set(err, e.code, "partition %d: %s", d->parts[i].num, e.msg);
+    }
+    p2v_log(P2V_LOG_DEBUG, "partition %d: found %s", d->parts[i].num, cfg);
+    int r = bootcfg_use(d, i, cfg, text ? (const char *)text : "", tlen, out, err);
+    free(text);
+    return r;
+}
+
+/* The FAT partition at index @i: /EFI/<dir>/grub.cfg for each directory under /EFI (BOOT
+ * last: it is the removable-media fallback, the vendor's directory says more), then the
+ * usual places. Returns as bootcfg_try. */
+static int bootcfg_search_fat(struct bootcfg_disk *d, int i, struct vmm_bootcfg *out,
+                              struct p2v_err *err)
+{
+    struct vmm_fat_dirent *ents = NULL;
+    size_t n = 0;
+    struct p2v_err e;
+    int r = 1;
+
+    if (vmm_fat_list(d->parts[i].fat, "/EFI", &ents, &n, &e) < 0) {
+        if (e.code != ENOENT && e.code != ENOTDIR)
+            return p2v_err_set(err, e.code, "partition %d: %s", d->parts[i].num, e.msg);
+        n = 0;
+    }
+    for (int pass = 0; pass < 2 && r == 1; pass++)
+        for (size_t k = 0; k < n && r == 1; k++) {
+            if (!ents[k].dir || (strcasecmp(ents[k].name, "BOOT") == 0) != (pass == 1))
+                continue;
+            char cfg[BOOTCFG_PATH_MAX];
+            int w = snprintf(cfg, sizeof(cfg), "/EFI/%s/grub.cfg", ents[k].name);
+            if (w < 0 || (size_t)w >= sizeof(cfg))
+                continue;
+            r = bootcfg_try(d, i, cfg, out, err);
+        }
+    vmm_fat_dirents_free(ents, n);
+    for (size_t k = 0; k < P2V_ARRAY_SIZE(bootcfg_configs) && r == 1; k++)
+        r = bootcfg_try(d, i, bootcfg_configs[k], out, err);
+    return r;
+}
+
 int vmm_bootcfg_find(struct diskfmt *img, struct vmm_bootcfg *out, struct p2v_err *err)
 {
     struct bootcfg_disk *d = calloc(1, sizeof(*d));
@@ -444,64 +561,58 @@ int vmm_bootcfg_find(struct diskfmt *img, struct vmm_bootcfg *out, struct p2v_er
         goto out;
     disk_probe(d);
 
-    int next = 0;
-    for (int i = 0; i < d->n; i++) {
-        if (!d->parts[i].fs)
-            continue;
-        for (size_t k = 0; k < P2V_ARRAY_SIZE(bootcfg_configs); k++) {
-            uint8_t *text = NULL;
-            size_t tlen = 0;
-            struct p2v_err e;
-            if (vmm_ext2_read_file(d->parts[i].fs, bootcfg_configs[k], BOOTCFG_CONFIG_MAX,
-                                   &text, &tlen, NULL, &e) < 0) {
-                if (e.code == ENOENT)
-                    continue;
-                p2v_err_set(err, e.code, "partition %d: %s", d->parts[i].num, e.msg);
+    /* ext2/3/4 first, then FAT (see the top of this file) */
+    for (int i = 0; i < d->n; i++)
+        for (size_t k = 0; d->parts[i].fs && k < P2V_ARRAY_SIZE(bootcfg_configs); k++) {
+            int t = bootcfg_try(d, i, bootcfg_configs[k], out, err);
+            if (t <= 0) {
+                r = t;
                 goto out;
             }
-            p2v_log(P2V_LOG_DEBUG, "partition %d: found %s", d->parts[i].num,
-                    bootcfg_configs[k]);
-            r = bootcfg_use(d, i, bootcfg_configs[k], text ? (const char *)text : "", tlen, out,
-                            err);
-            free(text);
+        }
+    for (int i = 0; i < d->n; i++) {
+        if (!d->parts[i].fat)
+            continue;
+        int t = bootcfg_search_fat(d, i, out, err);
+        if (t <= 0) {
+            r = t;
             goto out;
         }
     }
     /* nothing found: say where we looked */
-    char where[512] = "";
-    size_t o = 0;
-    int esp = 0;
+    char ext[256] = "", fat[256] = "";
+    size_t eo = 0, fo = 0;
     for (int i = 0; i < d->n; i++) {
-        if (d->parts[i].vfat && !esp)
-            esp = d->parts[i].num;
-        if (!d->parts[i].fs)
+        struct bootcfg_part *p = &d->parts[i];
+        if (!p->fs && !p->fat)
             continue;
-        int w = snprintf(where + o, sizeof(where) - o, "%s%d", next++ ? ", " : "",
-                         d->parts[i].num);
-        if (w < 0 || (size_t)w >= sizeof(where) - o)
-            break;
-        o += (size_t)w;
+        char *b = p->fs ? ext : fat;
+        size_t *o = p->fs ? &eo : &fo;
+        int w = snprintf(b + *o, sizeof(ext) - *o, "%s%d", *o ? ", " : "", p->num);
+        if (w > 0 && (size_t)w < sizeof(ext) - *o)
+            *o += (size_t)w;
     }
-    if (!next)
-        p2v_err_set(err, ENOENT, "no ext2/3/4 partition in the %s partition table (%d "
-                    "partitions)%s", d->table, d->n,
-                    esp ? "; a vfat partition is not searched" : "");
+    char bad[80] = "";
+    if (d->fat_bad)
+        snprintf(bad, sizeof(bad), "; partition %d looks like FAT but cannot be read: ",
+                 d->fat_bad);
+    if (!eo && !fo)
+        p2v_err_set(err, ENOENT, "no ext2/3/4 or FAT partition in the %s partition table (%d "
+                    "partitions)%s%s", d->table, d->n, bad, d->fat_bad ? d->fat_why : "");
     else
-        p2v_err_set(err, ENOENT, "no boot loader configuration found on any ext2/3/4 partition "
-                    "(looked at: /boot/grub/grub.cfg, /grub/grub.cfg, /boot/grub2/grub.cfg, "
-                    "/boot/extlinux/extlinux.conf, /boot/syslinux/syslinux.cfg and others on "
-                    "partition %s)%s", where,
-                    esp ? "; the vfat partition (EFI system partition?) is not searched" : "");
-    if (esp && err) {
-        char tail[64];
-        snprintf(tail, sizeof(tail), " (partition %d)", esp);
-        size_t l = strlen(err->msg);
-        if (l + strlen(tail) < sizeof(err->msg))
-            memcpy(err->msg + l, tail, strlen(tail) + 1);
-    }
+        p2v_err_set(err, ENOENT, "no boot loader configuration found (looked at "
+                    "/boot/grub/grub.cfg, /grub/grub.cfg, /boot/grub2/grub.cfg, "
+                    "/boot/extlinux/extlinux.conf, /boot/syslinux/syslinux.cfg and others%s%s"
+                    "%s%s)%s%s", eo ? " on ext2/3/4 partition " : "", ext,
+                    fo ? (eo ? "; /EFI/*/grub.cfg and the same on FAT partition "
+                             : " and /EFI/*/grub.cfg on FAT partition ")
+                       : "",
+                    fat, bad, d->fat_bad ? d->fat_why : "");
 out:
-    for (int i = 0; i < d->n; i++)
+    for (int i = 0; i < d->n; i++) {
         vmm_ext2_close(d->parts[i].fs);
+        vmm_fat_close(d->parts[i].fat);
+    }
     free(d);
     return r;
 }

@@ -15,6 +15,7 @@ libvmm_la_SOURCES = \
 	vmm/bootparse.c \
 	vmm/bootcfg.c \
 	vmm/ext2io.c \
+	vmm/fatio.c \
 	vmm/bus.c \
 	vmm/pci.c \
 	vmm/uart.c \

@@ -282,7 +282,8 @@ struct vmm_bootcfg {
     char *partition_table; /* "mbr" | "gpt" */
 };
 /* Read the partition table (MBR or GPT; protective MBR followed), find a boot loader
- * configuration on an ext2/3/4 partition (through libext2fs over @img, no mount), parse its
+ * configuration on an ext2/3/4 partition (through libext2fs over @img, no mount), else on a
+ * FAT partition (the EFI system partition's /EFI/<dir>/grub.cfg, through fatio.c), parse its
  * default entry and read the kernel and the initrd. Caps: kernel 64 MiB, initrd 1 GiB. */
 int vmm_bootcfg_find(struct diskfmt *img, struct vmm_bootcfg *out, struct p2v_err *err);
 void vmm_bootcfg_release(struct vmm_bootcfg *c);

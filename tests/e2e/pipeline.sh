@@ -3,9 +3,10 @@
 # p2v-server, whose pipeline injects virtio drivers (libguestfs), writes the VM
 # configurations, boots each result for a verdict (p2v-vmm: QEMU TCG here) and writes
 # report.json. (a) three machines captured at once by three agents (mini-bios twice, under
-# two names, and debian12-bios) end "verified", each with its report, with at most
-# --max-inject appliances at a time; (b) meanwhile the server is killed while the debian
-# job is injecting, and again while it is verifying: each time the restarted server
+# two names, and the UEFI machine mini-uefi, whose grub.cfg is on its EFI system partition)
+# end "verified", each with its report, with at most --max-inject appliances at a time;
+# (b) meanwhile the server is killed while the UEFI job is injecting, and again while it
+# is verifying: each time the restarted server
 # resumes it at that stage, and nothing is left running; the status page (--http), in
 # headless Chromium, shows a verified job's verdict and links; (c) with injection turned off the
 # guest cannot find its root: the job ends failed(verifying, root-not-found) with the
@@ -16,7 +17,7 @@ require_tool qemu-system-x86_64 qemu-img python3 sha256sum chromium
 plan 28
 
 mini=$(fixture mini-bios)
-deb=$(fixture debian12-bios)
+uefi=$(fixture mini-uefi)
 work=$(tmpdir)
 jf() { job_field "$1" "$2" "$3" 2>/dev/null; }
 # wait_state STORE JOB SECONDS STATE...: until the job is in one of the states
@@ -46,7 +47,7 @@ run_a
 t0=$SECONDS
 agent --name alpha --disk "$mini" >"$work/alpha.log" 2>&1 & a1=$!
 agent --name beta --disk "$mini" >"$work/beta.log" 2>&1 & a2=$!
-agent --name gamma --disk "$deb" >"$work/gamma.log" 2>&1 & a3=$!
+agent --name gamma --disk "$uefi" >"$work/gamma.log" 2>&1 & a3=$!
 rc=0; for p in $a1 $a2 $a3; do wait $p || rc=$?; done
 is "$rc" 0 "three agents at once: every capture finished ($(( SECONDS - t0 )) s)"
 # count the appliances running at once (QEMU whose command line names a job's disk: the
@@ -89,11 +90,15 @@ ok "gamma: report.json names the verdict, the engine and the serial log" bash -c
 assert r[\"state\"] == \"verified\" and r[\"verdict\"] == \"success\", r[\"state\"]
 assert r[\"verification\"][\"engine\"] in (\"qemu-tcg\", \"kvm\"), r[\"verification\"]
 assert r[\"serial-log\"] == \"verify/serial.log\"" "$1"' _ "$r/report.json"
-ok "gamma: the serial log shows the guest up (its /etc/issue marker or login prompt)" \
-    grep -aqE 'login:|P2VKIT-DEBIAN12-READY' "$r/verify/serial.log"
-ok "gamma: report.json lists the injected changes (initramfs-tools)" bash -c '
+ok "gamma: the serial log shows the guest up (its marker), booted from the ESP's grub.cfg" bash -c '
+    grep -aq P2VKIT-MINI-UEFI-READY "$1/verify/serial.log" &&
     python3 -c "import json,sys; r=json.load(open(sys.argv[1]))
-assert any(c[\"method\"] == \"initramfs-tools-append\" for c in r[\"injection\"][\"changes\"]), r[\"injection\"]" "$1"' \
+assert \"/EFI/\" in r[\"verification\"][\"boot\"][\"config\"], r[\"verification\"][\"boot\"]" "$1/report.json"' \
+    _ "$r"
+ok "gamma: report.json lists the injected changes (the ESP's grub.cfg, the initramfs)" bash -c '
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); c=r[\"injection\"][\"changes\"]
+assert any(x[\"method\"] == \"generic-append\" for x in c), c
+assert any(x.get(\"path\", \"\").endswith(\"EFI/BOOT/grub.cfg\") for x in c), c" "$1"' \
     _ "$r/report.json"
 is "$(report "$store" gamma 'r["disks"][0]["sha256"]')" "$(sha256sum <"$r/disk0.qcow2" | cut -d' ' -f1)" \
     "gamma: the disk's SHA-256 in the report is the file's"

@@ -74,10 +74,10 @@ qemu-img convert -O vmdk -o subformat=monolithicSparse "$injected" "$work/mini-s
 qemu-img convert -O vhdx "$injected" "$work/mini.vhdx"
 (cd "$work" && sha256sum mini.raw mini-stream.vmdk mini-sparse.vmdk mini.vhdx plain.raw guest.* >sums.before)
 
-nest_group guest 400 guest-raw guest-qcow2 guest-vmdk-stream guest-vmdk-sparse guest-vhd guest-vhdx \
+nest_group guest 240 guest-raw guest-qcow2 guest-vmdk-stream guest-vmdk-sparse guest-vhd guest-vhdx \
     garbage reset hung
 # ---- the mini-bios fixture: made bootable in every format, and untouched -----------------
-nest_group mini-bios 700 mini-raw mini-vmdk-stream mini-vmdk-sparse mini-vhdx plain
+nest_group mini-bios 480 mini-raw mini-vmdk-stream mini-vmdk-sparse mini-vhdx plain
 
 # ---- the debian12 fixture (built meanwhile on a new machine) ------------------------------
 deb_plain=$(fixture debian12-bios) || bail "no debian12-bios fixture"
@@ -89,7 +89,7 @@ ln -s "$deb_plain" "$work/debian-plain.raw"
 echo "root=UUID=$(. "$(dirname "$deb_plain")/fixture.env"; echo "$FIXTURE_ROOT_UUID") ro rootdelay=3" \
     >"$work/debian-plain.cmdline"
 nest_ro=$(dirname "$deb_plain")
-nest_group debian12 700 debian debian-plain
+nest_group debian12 480 debian debian-plain
 
 # ---- the test guest, through every format ------------------------------------------------
 for f in raw qcow2 vmdk-stream vmdk-sparse vhd vhdx; do

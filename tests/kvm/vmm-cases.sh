@@ -12,7 +12,7 @@ run() { # run NAME P2V-VMM-ARGS...
     local name=$1 t0 t1; shift
     case " ${P2V_CASES:-all} " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
     t0=$(date +%s.%N)
-    timeout -k 5 400 "$vmm" "$@" >"$name.out" 2>"$name.err" </dev/null
+    timeout -k 5 360 "$vmm" "$@" >"$name.out" 2>"$name.err" </dev/null
     echo $? >"$name.rc"
     t1=$(date +%s.%N)
     echo "$t1 - $t0" | bc >"$name.secs"
