@@ -443,7 +443,8 @@ static uint8_t fat_lfn_checksum(const uint8_t name[11])
 }
 
 /* Decode the gathered long name into @out (UTF-8); false when it is not a usable name
- * (empty, holding a control character, '/', '\\' or a broken surrogate pair). */
+ * (empty, "." or "..", holding a control character, '/', '\\' or a broken surrogate
+ * pair): a path naming it would not reach it. */
 static bool fat_lfn_decode(const struct fat_dir_iter *it, char *out, size_t outlen)
 {
     size_t units = it->lfn_slots * 13u, o = 0;
@@ -479,7 +480,7 @@ static bool fat_lfn_decode(const struct fat_dir_iter *it, char *out, size_t outl
         }
     }
     out[o] = '\0';
-    return o > 0;
+    return o > 0 && strcmp(out, ".") != 0 && strcmp(out, "..") != 0;
 }
 
 /* "NAME.EXT" from the 11 bytes of a short entry; bytes of the OEM code page (0x80 up) and
@@ -567,6 +568,8 @@ static int fat_dir_next(struct fat_dir_iter *it, struct fat_dirent *de)
         if (!have_lfn || !fat_lfn_decode(it, de->name, sizeof(de->name)))
             memcpy(de->name, de->short_name, sizeof(de->short_name));
         it->lfn_slots = 0;
+        if (!de->name[0])
+            continue; /* §6: a short name of spaces only is invalid, and no path names it */
         de->attr = e.attr;
         de->cluster = le16toh(e.cluster_lo);
         if (it->fat32) /* FAT12/16 leave the high word to other uses (OS/2 EA) */

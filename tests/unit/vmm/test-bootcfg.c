@@ -1,8 +1,9 @@
 /* test-bootcfg.c: vmm_bootcfg_find() (vmm/bootcfg.c, ext2io.c, bootparse.c) on the real
- * fixtures in /var/tmp/p2vkit-fixtures (each part skipped when its fixture is absent), on
- * a qcow2 copy of one (through diskfmt), and on synthetic images made here: no partition
- * table, an ext4 partition (mke2fs -d, no mount) with a broken grub.cfg, one whose grub.cfg
- * names a missing kernel, and one with a separate-/boot layout and symlinks; and EFI system
+ * fixtures in $P2V_FIXTURE_CACHE or /var/tmp/p2vkit-fixtures (each part skipped when its
+ * fixture is absent), on a qcow2 copy of one (through diskfmt), and on synthetic images
+ * made here: no partition table, an ext4 partition (mke2fs -d, no mount) with a broken
+ * grub.cfg, one whose grub.cfg names a missing kernel, and one with a separate-/boot layout
+ * and symlinks; and EFI system
  * partitions (FAT12, FAT16, FAT32 made by mkfs.vfat and filled by mtools, no mount) beside an
  * ext4 one, read through vmm/fatio.c, with hostile copies patched after mkfs. */
 #include <errno.h>
@@ -29,7 +30,9 @@ static char *fixture(const char *name)
     char pat[256];
     glob_t g;
     char *r = NULL;
-    snprintf(pat, sizeof(pat), "/var/tmp/p2vkit-fixtures/%s-*/disk.img", name);
+    const char *cache = getenv("P2V_FIXTURE_CACHE");
+    snprintf(pat, sizeof(pat), "%s/%s-*/disk.img",
+             cache && *cache ? cache : "/var/tmp/p2vkit-fixtures", name);
     if (glob(pat, 0, NULL, &g) == 0 && g.gl_pathc)
         r = strdup(g.gl_pathv[g.gl_pathc - 1]);
     globfree(&g);
