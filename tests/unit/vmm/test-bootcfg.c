@@ -273,6 +273,21 @@ static int fat_read(const char *img, const char *path, size_t cap, uint8_t **dat
     return r;
 }
 
+/* Write the patched FAT @h (@blen bytes) as the ESP of @img, read @path from it: the read
+ * must fail with a message holding @want1 and (unless NULL) @want2. */
+static void hostile_read(const char *img, const uint8_t *h, size_t blen, const char *path,
+                         const char *want1, const char *want2, const char *what)
+{
+    struct p2v_err err = {0};
+    uint8_t *data = NULL;
+    size_t dlen = 0;
+    make_esp_disk(img, h, blen, NULL);
+    int r = fat_read(img, path, 1 << 20, &data, &dlen, &err);
+    ok(r == -1 && HAS(err.msg, want1) && (!want2 || HAS(err.msg, want2)), "hostile: %s (%s)",
+       what, err.msg);
+    free(data);
+}
+
 static void fat_tests(void)
 {
     struct vmm_bootcfg c;
@@ -491,43 +506,29 @@ static void fat_tests(void)
 
     memcpy(h, buf, blen);
     tset_fat(h, &g, cl + 1, cl);
-    make_esp_disk(img, h, blen, NULL);
-    ok(fat_read(img, "/LOOP.BIN", 1 << 20, &data, &dlen, &err) == -1 && HAS(err.msg, "loops"),
-       "hostile: the second cluster pointing back to the first (%s)", err.msg);
-    free(data);
+    hostile_read(img, h, blen, "/LOOP.BIN", "loops", NULL,
+                 "the second cluster pointing back to the first");
 
     memcpy(h, buf, blen);
     cl = tcluster(h, ebeyond);
     tset_fat(h, &g, cl, 0xfff0);
-    make_esp_disk(img, h, blen, NULL);
-    ok(fat_read(img, "/BEYOND.BIN", 1 << 20, &data, &dlen, &err) == -1 &&
-           HAS(err.msg, "65520") && HAS(err.msg, "beyond the cluster count"),
-       "hostile: a FAT entry beyond the cluster count (%s)", err.msg);
-    free(data);
+    hostile_read(img, h, blen, "/BEYOND.BIN", "65520", "beyond the cluster count",
+                 "a FAT entry beyond the cluster count");
 
     memcpy(h, buf, blen);
     p2v_put_u16le(h + ebeyond + 26, 0xfff0);
-    make_esp_disk(img, h, blen, NULL);
-    ok(fat_read(img, "/BEYOND.BIN", 1 << 20, &data, &dlen, &err) == -1 &&
-           HAS(err.msg, "first cluster 65520") && HAS(err.msg, "beyond the cluster count"),
-       "hostile: a directory entry's cluster beyond the count (%s)", err.msg);
-    free(data);
+    hostile_read(img, h, blen, "/BEYOND.BIN", "first cluster 65520", "beyond the cluster count",
+                 "a directory entry's cluster beyond the count");
 
     memcpy(h, buf, blen);
     p2v_put_u32le(h + esmall + 28, 5000);
-    make_esp_disk(img, h, blen, NULL);
-    ok(fat_read(img, "/SMALL.BIN", 1 << 20, &data, &dlen, &err) == -1 &&
-           HAS(err.msg, "size 5000 is larger than its cluster chain"),
-       "hostile: a directory entry size larger than its chain (%s)", err.msg);
-    free(data);
+    hostile_read(img, h, blen, "/SMALL.BIN", "size 5000 is larger than its cluster chain", NULL,
+                 "a directory entry size larger than its chain");
 
     memcpy(h, buf, blen);
     p2v_put_u32le(h + eloop + 28, 100);
-    make_esp_disk(img, h, blen, NULL);
-    ok(fat_read(img, "/LOOP.BIN", 1 << 20, &data, &dlen, &err) == -1 &&
-           HAS(err.msg, "longer than the directory entry size 100"),
-       "hostile: a chain longer than its entry's size (%s)", err.msg);
-    free(data);
+    hostile_read(img, h, blen, "/LOOP.BIN", "longer than the directory entry size 100", NULL,
+                 "a chain longer than its entry's size");
 
     memcpy(h, buf, blen);
     cl = tcluster(h, edeb);
