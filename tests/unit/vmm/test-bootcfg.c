@@ -253,6 +253,16 @@ static bool has_dir(const struct vmm_fat_dirent *e, size_t n, const char *name, 
 }
 
 /* Read @path from the ESP of @img: the call's result, the bytes in *@data. */
+/* Close what fat_open_disk() opened (either may be NULL) and clear both. */
+static void fat_close_disk(struct vmm_fat **fs, struct diskfmt **d)
+{
+    vmm_fat_close(*fs);
+    *fs = NULL;
+    if (*d)
+        diskfmt_close(*d, NULL);
+    *d = NULL;
+}
+
 static int fat_read(const char *img, const char *path, size_t cap, uint8_t **data, size_t *len,
                     struct p2v_err *err)
 {
@@ -267,9 +277,7 @@ static int fat_read(const char *img, const char *path, size_t cap, uint8_t **dat
         diag("%s: %s", img, err->msg);
     if (r == -1)
         diag("%s: %s", path, err->msg);
-    vmm_fat_close(fs);
-    if (d)
-        diskfmt_close(d, NULL);
+    fat_close_disk(&fs, &d);
     return r;
 }
 
@@ -365,11 +373,7 @@ static void fat_tests(void)
     fs = fat_open_disk(img, &d, &err);
     ok(fs && vmm_fat_bits(fs) == 12 && strcmp(vmm_fat_uuid(fs), "0BAD-1212") == 0,
        "fat12: opened as FAT12, volume id %s", fs ? vmm_fat_uuid(fs) : err.msg);
-    vmm_fat_close(fs);
-    fs = NULL;
-    if (d)
-        diskfmt_close(d, NULL);
-    d = NULL;
+    fat_close_disk(&fs, &d);
     free(buf);
     buf = NULL;
 
@@ -448,11 +452,7 @@ static void fat_tests(void)
                HAS(err.msg, "directory"),
            "fat16: a directory is not read as a file (%s)", err.msg);
     }
-    vmm_fat_close(fs);
-    fs = NULL;
-    if (d)
-        diskfmt_close(d, NULL);
-    d = NULL;
+    fat_close_disk(&fs, &d);
 
     /* --- hostile copies of the FAT16 ESP (buf), patched after mkfs */
     struct tgeom g = tgeom(buf);
@@ -578,11 +578,7 @@ static void fat_tests(void)
     fs = fat_open_disk(img, &d, &err);
     ok(fs && vmm_fat_bits(fs) == 32 && strcmp(vmm_fat_uuid(fs), "3232-3232") == 0,
        "fat32: opened as FAT32 (%s)", fs ? vmm_fat_uuid(fs) : err.msg);
-    vmm_fat_close(fs);
-    fs = NULL;
-    if (d)
-        diskfmt_close(d, NULL);
-    d = NULL;
+    fat_close_disk(&fs, &d);
 
     /* its root directory's chain looping */
     g = tgeom(buf);
@@ -592,11 +588,7 @@ static void fat_tests(void)
     fs = fat_open_disk(img, &d, &err);
     ok(fs && vmm_fat_list(fs, "/", &ents, &n, &err) == -1 && HAS(err.msg, "loops"),
        "fat32: a root directory chain loop (%s)", err.msg);
-    vmm_fat_close(fs);
-    fs = NULL;
-    if (d)
-        diskfmt_close(d, NULL);
-    d = NULL;
+    fat_close_disk(&fs, &d);
     free(buf);
     buf = NULL;
 
