@@ -150,7 +150,9 @@ void p2v_json_double(struct p2v_json *j, double v)
     if (!isfinite(v))
         json_rawz(j, "null"); /* JSON has no NaN or infinity */
     else {
-        snprintf(tmp, sizeof tmp, "%.6g", v);
+        /* 6 significant digits, but whole seconds and microseconds for a time of day
+         * (Unix times are about 1.8e9) */
+        snprintf(tmp, sizeof tmp, fabs(v) >= 1e6 ? "%.6f" : "%.6g", v);
         json_rawz(j, tmp);
     }
 }

@@ -314,6 +314,8 @@ void p2v_progress_finish(struct p2v_progress *p, bool ok);
 
 /* Monotonic clock in seconds. */
 double p2v_now(void);
+/* Wall-clock seconds since the Unix epoch (for times shown to people and other hosts). */
+double p2v_wall_now(void);
 /* pread/pwrite that loop over short transfers and EINTR; -1 with errno on failure, a
  * short count only at end of file (pread). */
 ssize_t p2v_pread_full(int fd, void *buf, size_t len, uint64_t off);

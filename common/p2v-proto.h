@@ -1,4 +1,4 @@
-/* The p2vkit wire protocol, version 1: frame codec. Part of libp2vcommon; this header is
+/* The p2vkit wire protocol, versions 1 and 2: frame codec. Part of libp2vcommon; this header is
  * the codec's whole contract, and docs/protocol.md is its prose twin.
  *
  * A frame on the wire (all integers big-endian):
@@ -28,7 +28,8 @@
 
 #include "p2v-common.h"
 
-#define P2V_PROTO_VERSION 1          /* the version this code speaks */
+#define P2V_PROTO_VERSION 2          /* the highest version this code speaks */
+#define P2V_PROTO_VERSION_MIN 1      /* the lowest (v2 adds PASS / PASS_OK: live capture) */
 #define P2V_PROTO_HDR_LEN 8
 #define P2V_PROTO_CHUNK_MAX (1u << 20)      /* DATA: uncompressed length cap (1 MiB) */
 /* DATA's compressed payload may be a little larger than its input (zstd bound of 1 MiB
@@ -62,6 +63,8 @@ enum p2v_msg_type {
     P2V_MSG_HASHES = 0x0b,    /* A->S: re-sync: hashes of ranges the agent has */
     P2V_MSG_WANT = 0x0c,      /* S->A: re-sync: ranges whose hash differs */
     P2V_MSG_COMMITTED = 0x0d, /* S->A: this session's DATA up to here is durable */
+    P2V_MSG_PASS = 0x0e,      /* A->S (v2): a live capture's pass ended, or a heartbeat */
+    P2V_MSG_PASS_OK = 0x0f,   /* S->A (v2): answer to PASS: go on, or cut over now */
     P2V_MSG_ERROR = 0x7f,     /* either way: the session ends */
 };
 
@@ -70,8 +73,18 @@ enum p2v_msg_type {
 #define P2V_DATA_ZSTD 0x02       /* the payload is one zstd frame of exactly `len` bytes */
 /* HAVE / WANT / HASHES flags. */
 #define P2V_RANGES_MORE 0x01     /* more frames of this kind follow for the same disk */
+/* PASS_OK flags. */
+#define P2V_PASS_CUTOVER 0x01    /* the operator asked for the cutover (p2v-server cutover) */
 /* DISK flags. */
 #define P2V_DISK_ALL_BLOCKS 0x01 /* the agent sends every block (byte-identical copy) */
+
+/* PASS phases. */
+enum p2v_pass_phase {
+    P2V_PASS_IDLE = 0,  /* no pass: a heartbeat while waiting (--continuous) */
+    P2V_PASS_COPY = 1,  /* the first copy of every used block */
+    P2V_PASS_DELTA = 2, /* only what changed, while the machine runs */
+    P2V_PASS_FINAL = 3, /* the last delta, under the freeze */
+};
 
 enum p2v_hash_algo {
     P2V_HASH_SHA256 = 1,
@@ -165,6 +178,14 @@ struct p2v_msg {
             const uint8_t *entries; /* count x (u64 off, u32 len, hash[32]); see _hash_entry */
         } hashes;
         struct {
+            uint32_t pass;        /* 1.. (the copy is pass 1); 0 for IDLE */
+            uint8_t phase;        /* enum p2v_pass_phase */
+            uint64_t bytes_read;  /* read from the source in the pass */
+            uint64_t bytes_sent;  /* DATA bytes (uncompressed, ZERO excluded) in the pass */
+            uint32_t duration_ms; /* the pass's duration */
+            uint32_t freeze_ms;   /* FINAL: the freeze window; else 0 */
+        } pass;
+        struct {
             uint16_t code; /* enum p2v_err_code */
             struct p2v_str text;
         } error;
@@ -191,6 +212,9 @@ int p2v_proto_put_hello(struct p2v_buf *out, uint8_t hash_algo, const char *toke
                         const char *name, const char *source_id, const char *agent_version);
 int p2v_proto_put_welcome(struct p2v_buf *out, uint8_t state, uint64_t window,
                           const char *job);
+/* WELCOME naming @version (p2v_proto_put_welcome names P2V_PROTO_VERSION). */
+int p2v_proto_put_welcome_version(struct p2v_buf *out, uint16_t version, uint8_t state,
+                                  uint64_t window, const char *job);
 int p2v_proto_put_facts(struct p2v_buf *out, const char *json, size_t len);
 int p2v_proto_put_disk(struct p2v_buf *out, uint32_t disk, uint64_t size,
                        uint32_t sector_size, uint64_t planned, uint8_t flags,
@@ -216,6 +240,10 @@ int p2v_proto_put_finished(struct p2v_buf *out, const char *text);
 int p2v_proto_put_hashes(struct p2v_buf *out, uint8_t flags, uint32_t disk,
                          const uint64_t *offs, const uint32_t *lens,
                          const uint8_t (*hashes)[P2V_PROTO_HASH_LEN], uint32_t count);
+int p2v_proto_put_pass(struct p2v_buf *out, uint32_t pass, uint8_t phase, uint64_t bytes_read,
+                       uint64_t bytes_sent, uint32_t duration_ms, uint32_t freeze_ms);
+/* PASS_OK, flags P2V_PASS_CUTOVER or 0. */
+int p2v_proto_put_pass_ok(struct p2v_buf *out, uint8_t flags);
 int p2v_proto_put_error(struct p2v_buf *out, uint16_t code, const char *text);
 
 const char *p2v_proto_type_name(uint8_t type);

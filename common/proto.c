@@ -54,6 +54,8 @@ const char *p2v_proto_type_name(uint8_t type)
     case P2V_MSG_HASHES: return "HASHES";
     case P2V_MSG_WANT: return "WANT";
     case P2V_MSG_COMMITTED: return "COMMITTED";
+    case P2V_MSG_PASS: return "PASS";
+    case P2V_MSG_PASS_OK: return "PASS_OK";
     case P2V_MSG_ERROR: return "ERROR";
     default: return "unknown";
     }
@@ -436,6 +438,34 @@ static int dec_hashes(struct dec *d, struct p2v_msg *m)
     return 0;
 }
 
+/* PASS: u32 pass, u8 phase, u8 reserved, u64 bytes_read, u64 bytes_sent, u32 duration_ms,
+ * u32 freeze_ms. */
+static int dec_pass(struct dec *d, struct p2v_msg *m)
+{
+    uint8_t reserved;
+    if (get_u32(d, "pass", &m->u.pass.pass) < 0 || get_u8(d, "phase", &m->u.pass.phase) < 0 ||
+        get_u8(d, "reserved", &reserved) < 0 ||
+        get_u64(d, "bytes_read", &m->u.pass.bytes_read) < 0 ||
+        get_u64(d, "bytes_sent", &m->u.pass.bytes_sent) < 0 ||
+        get_u32(d, "duration_ms", &m->u.pass.duration_ms) < 0 ||
+        get_u32(d, "freeze_ms", &m->u.pass.freeze_ms) < 0)
+        return -1;
+    if (reserved)
+        return dec_fail(d, "reserved byte is %u, not 0", reserved);
+    if (m->u.pass.phase > P2V_PASS_FINAL)
+        return dec_fail(d, "unknown phase %u", m->u.pass.phase);
+    if ((m->u.pass.phase == P2V_PASS_IDLE) != (m->u.pass.pass == 0))
+        return dec_fail(d, "pass %u with phase %u (pass 0 is the idle heartbeat only)",
+                        m->u.pass.pass, m->u.pass.phase);
+    if (m->u.pass.bytes_sent > m->u.pass.bytes_read)
+        return dec_fail(d, "bytes_sent %llu exceeds bytes_read %llu",
+                        (unsigned long long)m->u.pass.bytes_sent,
+                        (unsigned long long)m->u.pass.bytes_read);
+    if (m->u.pass.freeze_ms && m->u.pass.phase != P2V_PASS_FINAL)
+        return dec_fail(d, "freeze_ms in a phase-%u pass", m->u.pass.phase);
+    return 0;
+}
+
 int p2v_proto_decode(uint8_t type, uint8_t flags, const uint8_t *body, size_t len,
                      struct p2v_msg *m, struct p2v_err *err)
 {
@@ -447,7 +477,7 @@ int p2v_proto_decode(uint8_t type, uint8_t flags, const uint8_t *body, size_t le
     if (len > P2V_PROTO_BODY_MAX)
         return p2v_err_set(err, EPROTO, "%s frame: body length %zu exceeds the maximum %u",
                            d.type, len, (unsigned)P2V_PROTO_BODY_MAX);
-    if (type == 0 || (type > P2V_MSG_COMMITTED && type != P2V_MSG_ERROR))
+    if (type == 0 || (type > P2V_MSG_PASS_OK && type != P2V_MSG_ERROR))
         return p2v_err_set(err, EPROTO, "unknown frame type 0x%02x (body of %zu bytes)", type,
                            len);
     p2v_rd_init(&d.r, body, len);
@@ -460,6 +490,7 @@ int p2v_proto_decode(uint8_t type, uint8_t flags, const uint8_t *body, size_t le
     case P2V_MSG_WANT:
     case P2V_MSG_HASHES: defined = P2V_RANGES_MORE; break;
     case P2V_MSG_DATA: defined = P2V_DATA_ZERO | P2V_DATA_ZSTD; break;
+    case P2V_MSG_PASS_OK: defined = P2V_PASS_CUTOVER; break;
     default: break;
     }
     if (check_flags(&d, flags, defined) < 0)
@@ -484,13 +515,14 @@ int p2v_proto_decode(uint8_t type, uint8_t flags, const uint8_t *body, size_t le
                 ? -1
                 : 0;
         break;
+    case P2V_MSG_PASS: r = dec_pass(&d, &tmp); break;
     case P2V_MSG_ERROR:
         r = get_u16(&d, "code", &tmp.u.error.code) < 0 ||
                     get_str(&d, "text", 0, P2V_PROTO_MSG_MAX, &tmp.u.error.text) < 0
                 ? -1
                 : 0;
         break;
-    default: r = 0; break; /* DONE: an empty body */
+    default: r = 0; break; /* DONE, PASS_OK: an empty body */
     }
     if (r < 0)
         return -1;
@@ -590,7 +622,7 @@ int p2v_proto_put_hello(struct p2v_buf *out, uint8_t hash_algo, const char *toke
     size_t start;
     if (frame_begin(out, P2V_MSG_HELLO, 0, &start) < 0)
         return -1;
-    int r = p2v_buf_put_u16be(out, P2V_PROTO_VERSION) < 0 ||
+    int r = p2v_buf_put_u16be(out, P2V_PROTO_VERSION_MIN) < 0 ||
                     p2v_buf_put_u16be(out, P2V_PROTO_VERSION) < 0 ||
                     p2v_buf_put_u8(out, hash_algo) < 0 || p2v_buf_put_u8(out, 0) < 0 ||
                     put_str(out, token) < 0 || put_str(out, name) < 0 ||
@@ -600,18 +632,24 @@ int p2v_proto_put_hello(struct p2v_buf *out, uint8_t hash_algo, const char *toke
     return frame_end(out, start, r);
 }
 
-int p2v_proto_put_welcome(struct p2v_buf *out, uint8_t state, uint64_t window,
-                          const char *job)
+int p2v_proto_put_welcome_version(struct p2v_buf *out, uint16_t version, uint8_t state,
+                                  uint64_t window, const char *job)
 {
     size_t start;
     if (frame_begin(out, P2V_MSG_WELCOME, 0, &start) < 0)
         return -1;
-    int r = p2v_buf_put_u16be(out, P2V_PROTO_VERSION) < 0 || p2v_buf_put_u8(out, state) < 0 ||
+    int r = p2v_buf_put_u16be(out, version) < 0 || p2v_buf_put_u8(out, state) < 0 ||
                     p2v_buf_put_u8(out, 0) < 0 || p2v_buf_put_u64be(out, window) < 0 ||
                     put_str(out, job) < 0
                 ? -1
                 : 0;
     return frame_end(out, start, r);
+}
+
+int p2v_proto_put_welcome(struct p2v_buf *out, uint8_t state, uint64_t window,
+                          const char *job)
+{
+    return p2v_proto_put_welcome_version(out, P2V_PROTO_VERSION, state, window, job);
 }
 
 int p2v_proto_put_facts(struct p2v_buf *out, const char *json, size_t len)
@@ -729,6 +767,30 @@ int p2v_proto_put_committed(struct p2v_buf *out, uint64_t frames, uint64_t bytes
         return -1;
     int r = p2v_buf_put_u64be(out, frames) < 0 || p2v_buf_put_u64be(out, bytes) < 0 ? -1 : 0;
     return frame_end(out, start, r);
+}
+
+int p2v_proto_put_pass(struct p2v_buf *out, uint32_t pass, uint8_t phase, uint64_t bytes_read,
+                       uint64_t bytes_sent, uint32_t duration_ms, uint32_t freeze_ms)
+{
+    size_t start;
+    if (frame_begin(out, P2V_MSG_PASS, 0, &start) < 0)
+        return -1;
+    int r = p2v_buf_put_u32be(out, pass) < 0 || p2v_buf_put_u8(out, phase) < 0 ||
+                    p2v_buf_put_u8(out, 0) < 0 || p2v_buf_put_u64be(out, bytes_read) < 0 ||
+                    p2v_buf_put_u64be(out, bytes_sent) < 0 ||
+                    p2v_buf_put_u32be(out, duration_ms) < 0 ||
+                    p2v_buf_put_u32be(out, freeze_ms) < 0
+                ? -1
+                : 0;
+    return frame_end(out, start, r);
+}
+
+int p2v_proto_put_pass_ok(struct p2v_buf *out, uint8_t flags)
+{
+    size_t start;
+    if (frame_begin(out, P2V_MSG_PASS_OK, flags, &start) < 0)
+        return -1;
+    return frame_end(out, start, 0);
 }
 
 int p2v_proto_put_finished(struct p2v_buf *out, const char *text)

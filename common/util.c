@@ -83,6 +83,13 @@ double p2v_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double p2v_wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 ssize_t p2v_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
     size_t done = 0;

@@ -94,6 +94,15 @@ struct imager_plan {
  * IMAGER_REGION_ALL with a note saying why, rather than failing. 0 / -1. */
 int imager_plan(const struct imager_disk *d, bool all_blocks, struct imager_plan *plan,
                 struct p2v_err *err);
+/* The same with flags: IMAGER_PLAN_ALL_BLOCKS (as @all_blocks), IMAGER_PLAN_LIVE (the
+ * disk's file systems are mounted and changing, as in a live capture's passes before its
+ * freeze: an ext file system whose journal needs recovery, as a mounted one always does,
+ * is planned from its on-disk bitmaps instead of read whole; the plan is then a close
+ * guess, and only a plan made with the file systems frozen or unmounted is exact). */
+#define IMAGER_PLAN_ALL_BLOCKS 0x1u
+#define IMAGER_PLAN_LIVE 0x2u
+int imager_plan_flags(const struct imager_disk *d, unsigned flags, struct imager_plan *plan,
+                      struct p2v_err *err);
 void imager_plan_release(struct imager_plan *plan);
 const char *imager_region_kind_name(enum imager_region_kind k);
 

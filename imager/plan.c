@@ -171,6 +171,7 @@ int imager_fdreader_read(void *opaque, void *buf, size_t len, uint64_t off)
 
 struct planner {
     const struct imager_disk *d;
+    unsigned flags;     /* IMAGER_PLAN_* */
     int fd;
     struct extvec x;
     struct imager_plan_region *regions;
@@ -223,8 +224,12 @@ static int plan_ext(struct planner *pl, uint64_t off, uint64_t size, const char 
         goto out;
     }
     /* Blocks allocated in journal transactions not yet replayed are free in the on-disk
-     * bitmaps but used once the journal is replayed: such a file system is read whole. */
-    if (ext2fs_has_feature_journal_needs_recovery(fs->super)) {
+     * bitmaps but used once the journal is replayed: such a file system is read whole.
+     * A mounted one always says so; a live capture's passes before the freeze take its
+     * bitmaps as they are (the final pass, under the freeze, finds the journal flushed and
+     * the flag cleared, so its plan is exact). */
+    if (ext2fs_has_feature_journal_needs_recovery(fs->super) &&
+        !(pl->flags & IMAGER_PLAN_LIVE)) {
         notef(note, note_cap, "%s: journal needs recovery: read all", fstype);
         goto out;
     }
@@ -479,9 +484,16 @@ static int plan_partitions(struct planner *pl, struct p2v_err *err)
 int imager_plan(const struct imager_disk *d, bool all_blocks, struct imager_plan *plan,
                 struct p2v_err *err)
 {
+    return imager_plan_flags(d, all_blocks ? IMAGER_PLAN_ALL_BLOCKS : 0, plan, err);
+}
+
+int imager_plan_flags(const struct imager_disk *d, unsigned flags, struct imager_plan *plan,
+                      struct p2v_err *err)
+{
     int ret = -1;
     uint32_t sector = d->sector_size ? d->sector_size : 512;
-    struct planner pl = {.d = d, .fd = -1};
+    const bool all_blocks = flags & IMAGER_PLAN_ALL_BLOCKS;
+    struct planner pl = {.d = d, .flags = flags, .fd = -1};
 
     if (!p2v_is_pow2(sector))
         return p2v_err_set(err, EINVAL, "'%s': bad sector size %u", d->path, sector);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "adapt.h"
+#include "freeze.h"
 #include "imager.h"
 #include "p2v-common.h"
 
@@ -54,11 +55,17 @@ struct agent_opts {
     const char *output;           /* --output FILE (local mode) */
     const char *format;           /* qcow2 | vmdk | raw */
     const char *subformat;        /* vmdk subformat, or NULL */
+    /* live capture (live.c) */
+    bool live;                    /* --live: copy while the machine runs, then cut over */
+    unsigned continuous;          /* --continuous SECS: stay in sync (0: converge and cut) */
+    double freeze_timeout;        /* --freeze-timeout: the watchdog's bound, seconds */
+    unsigned max_passes;          /* --max-passes: delta passes before the cutover */
+    bool force;                   /* --force: capture mounted writable file systems anyway */
 };
 
 struct agent_disk {
     char path[4096];
-    int fd;                       /* read-only */
+    int fd;                       /* read-only (with --live: O_DIRECT where it can be) */
     struct imager_disk *info;     /* heap: the struct is large */
     struct imager_plan plan;
     uint64_t resumed;             /* server-has bytes of the plan at its last DISK */
@@ -102,10 +109,31 @@ struct agent {
     const char *hash_name;        /* the algorithm used ("sha256", "blake2b", "none") */
     char job[96];                 /* the server's job id */
     struct agent_adapt adapt;     /* --compress-level auto: the controller (all sessions) */
+    /* the file systems mounted from the disks (live.c), and the live capture's record */
+    struct freeze_mount *mounts;
+    size_t nmounts;
+    bool crash_inconsistent;      /* --force on mounted writable file systems */
+    struct agent_live {
+        uint32_t pass;            /* passes done, all sessions */
+        struct agent_pass {
+            uint32_t pass;
+            uint8_t phase;        /* enum p2v_pass_phase */
+            uint64_t bytes_read, bytes_sent;
+            double secs;
+        } passes[64];             /* the first 63 and the last */
+        size_t npasses;
+        double freeze_window;     /* the cutover's, seconds (< 0: none yet) */
+        double frozen_at;         /* wall clock, when the freeze began */
+        unsigned freeze_attempts;
+    } lv;
 };
 
 /* main.c */
 void agent_close_disks(struct agent *a);
+/* Pipeline options for reading disk @d's plan in @chunk-byte chunks (threads, retries and
+ * --skip-bad-sectors from the options; no hash, no compression, no skip list). */
+void agent_pipeline_opts(const struct agent *a, const struct agent_disk *d, uint32_t chunk,
+                         struct imager_pipeline_opts *po);
 
 /* facts.c: the facts object (FACTS frame and --facts); @brief leaves out the disks'
  * partitions (for a FACTS frame that would not fit). */
@@ -118,6 +146,13 @@ bool agent_disks_are_live(const struct agent *a);
 void agent_default_name(char *out, size_t len);
 /* NULL when @name is a valid machine name, else why not. */
 const char *agent_name_invalid(const char *name);
+
+/* live.c: the mounted file systems of the disks (a->mounts), and the check that refuses a
+ * mounted writable one without --live (or allows it, marked crash-inconsistent, with
+ * --force). 0, or an exit code. */
+int agent_check_mounts(struct agent *a);
+/* The "live" report member. */
+void agent_live_json(const struct agent *a, struct p2v_json *j);
 
 /* remote.c */
 int agent_remote(struct agent *a);

@@ -127,6 +127,8 @@ static int emit_final(struct agent *a, const char *event, const char *job,
             stats_json(a, &j);
         if (extra)
             extra(a, &j);
+        if (a->o.live || a->crash_inconsistent)
+            agent_live_json(a, &j);
         p2v_json_object_end(&j);
         p2v_buf_put(&buf, "\n", 1);
         if (report) {

@@ -221,19 +221,8 @@ int agent_local(struct agent *a)
         goto out;
     }
 
-    struct imager_pipeline_opts po = {
-        .fd = d->fd,
-        .path = d->path,
-        .disk_size = d->info->size,
-        .ext = d->plan.ext,
-        .count = d->plan.count,
-        .chunk_size = LOCAL_CHUNK,
-        .threads = a->o.threads,
-        .hash = 0,
-        .zstd_level = 0,
-        .retries = 3,
-        .skip_bad_sectors = a->o.skip_bad_sectors,
-    };
+    struct imager_pipeline_opts po;
+    agent_pipeline_opts(a, d, LOCAL_CHUNK, &po); /* no hash, no compression */
     pl = imager_pipeline_start(&po, &err);
     if (!pl) {
         ret = agent_fail(a, AGENT_EXIT_FAIL, "read", "%s", err.msg);

@@ -10,7 +10,10 @@ p2v_agent_p2v_agent_SOURCES = \
 	p2v-agent/facts.c \
 	p2v-agent/events.c \
 	p2v-agent/local.c \
-	p2v-agent/remote.c
+	p2v-agent/remote.c \
+	p2v-agent/freeze.h \
+	p2v-agent/freeze.c \
+	p2v-agent/live.c
 p2v_agent_p2v_agent_LDADD = $(IMAGER_LIBS)
 dist_man_MANS += docs/man/p2v-agent.1
 
@@ -18,3 +21,5 @@ AGENT_TESTS = tests/integration/agent-local.sh tests/integration/agent-adapt.sh
 TESTS += $(AGENT_TESTS)
 EXTRA_DIST += $(AGENT_TESTS)
 include p2v-agent/mkmedia.mk
+include p2v-agent/tests-freeze.mk
+include p2v-agent/tests-live.mk

@@ -27,7 +27,8 @@ static void usage(FILE *fp)
             "                 [--compress-level auto|N]\n"
             "                 [--hash auto|sha256|blake2b] [--threads N]\n"
             "                 [--progress auto|bar|lines|json|none] [--json] [--report FILE]\n"
-            "                 [-v] [-q]\n"
+            "                 [--live [--continuous SECS] [--freeze-timeout SECS]\n"
+            "                 [--max-passes N]] [--force] [-v] [-q]\n"
             "       p2v-agent --output FILE [--format qcow2|vmdk|raw] [--subformat SUB]\n"
             "                 --disk DEV [--all-blocks] [--skip-bad-sectors] [--threads N]\n"
             "                 [--progress MODE] [--json] [--report FILE]\n"
@@ -57,6 +58,15 @@ static void usage(FILE *fp)
             "  --output FILE           write the disk into FILE instead of to a server\n"
             "  --format FMT            qcow2 (default), vmdk or raw, with --output\n"
             "  --subformat SUB         vmdk: monolithicSparse (default) or streamOptimized\n"
+            "  --live                  capture a running machine: copy while it runs, then\n"
+            "                          delta passes of what changed, then freeze its file\n"
+            "                          systems briefly (FIFREEZE) for the last delta\n"
+            "  --continuous SECS       with --live: a delta pass every SECS seconds until\n"
+            "                          'p2v-server cutover JOB' or SIGUSR1 asks for the cutover\n"
+            "  --freeze-timeout SECS   the watchdog thaws after SECS (default 10)\n"
+            "  --max-passes N          delta passes before the cutover at most (default 8)\n"
+            "  --force                 capture mounted writable file systems without --live\n"
+            "                          (the copy is crash-inconsistent)\n"
             "  --facts                 print the machine's facts as JSON and exit\n"
             "  --plan                  print the disks' discovery and plan as JSON and exit\n"
             "  --progress MODE         auto (bar on a TTY), bar, lines, json, none\n"
@@ -160,6 +170,11 @@ enum {
     OPT_FACTS,
     OPT_PLAN,
     OPT_VERSION,
+    OPT_LIVE,
+    OPT_CONTINUOUS,
+    OPT_FREEZE_TIMEOUT,
+    OPT_MAX_PASSES,
+    OPT_FORCE,
 };
 
 /* Parse the command line into @o. 0, or an exit code (AGENT_EXIT_USAGE; -1 for a
@@ -192,6 +207,11 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"live", no_argument, NULL, OPT_LIVE},
+        {"continuous", required_argument, NULL, OPT_CONTINUOUS},
+        {"freeze-timeout", required_argument, NULL, OPT_FREEZE_TIMEOUT},
+        {"max-passes", required_argument, NULL, OPT_MAX_PASSES},
+        {"force", no_argument, NULL, OPT_FORCE},
         {NULL, 0, NULL, 0},
     };
     const char *fingerprint = NULL, *token = NULL, *token_file = NULL, *name = NULL;
@@ -206,6 +226,9 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
     o->hash = "auto";
     o->format = "qcow2";
     o->progress = P2V_PROGRESS_AUTO;
+    o->freeze_timeout = 10;
+    o->max_passes = 8;
+    bool live_opts = false;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":vqh", opts, NULL)) != -1) {
         switch (c) {
@@ -274,6 +297,26 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
         case OPT_SUBFORMAT: o->subformat = optarg; break;
         case OPT_FACTS: facts = true; break;
         case OPT_PLAN: plan = true; break;
+        case OPT_LIVE: o->live = true; break;
+        case OPT_CONTINUOUS:
+            if (parse_uint(optarg, 86400, &v) < 0 || v == 0)
+                return usage_error("invalid --continuous '%s' (seconds, 1..86400)", optarg);
+            o->continuous = (unsigned)v;
+            live_opts = true;
+            break;
+        case OPT_FREEZE_TIMEOUT:
+            if (parse_uint(optarg, 600, &v) < 0 || v == 0)
+                return usage_error("invalid --freeze-timeout '%s' (seconds, 1..600)", optarg);
+            o->freeze_timeout = (double)v;
+            live_opts = true;
+            break;
+        case OPT_MAX_PASSES:
+            if (parse_uint(optarg, 1000, &v) < 0)
+                return usage_error("invalid --max-passes '%s' (0..1000)", optarg);
+            o->max_passes = (unsigned)v;
+            live_opts = true;
+            break;
+        case OPT_FORCE: o->force = true; break;
         case 'v': verbose++; break;
         case 'q': quiet++; break;
         case 'h': usage(stdout); return -1;
@@ -391,6 +434,13 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
     }
     if ((o->mode == AGENT_MODE_FACTS || o->mode == AGENT_MODE_PLAN) && o->report)
         return usage_error("--report goes with --server or --output");
+    if (o->live && o->mode != AGENT_MODE_REMOTE)
+        return usage_error("--live goes with --server (its delta passes re-sync with the "
+                           "server's journal)");
+    if (live_opts && !o->live)
+        return usage_error("--continuous, --freeze-timeout and --max-passes go with --live");
+    if (o->live && o->force)
+        return usage_error("--live and --force exclude each other");
     return 0;
 }
 
@@ -398,7 +448,11 @@ static int open_disk(struct agent *a, struct agent_disk *d, const char *path,
                      struct stat *st, struct p2v_err *err)
 {
     snprintf(d->path, sizeof d->path, "%s", path);
-    d->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* A live source changes under us: reads must see the device, not a page cache that
+     * the file system's own writes go around (they do for a block device's cache). */
+    d->fd = a->o.live ? open(path, O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
+    if (d->fd < 0)
+        d->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (d->fd < 0)
         return p2v_err_errno(err, "cannot open disk '%s'", path);
     if (fstat(d->fd, st) < 0)
@@ -414,7 +468,9 @@ static int open_disk(struct agent *a, struct agent_disk *d, const char *path,
             p2v_err_prefix(err, "disk '%s'", path);
         return -1;
     }
-    if (imager_plan(d->info, a->o.all_blocks, &d->plan, err) < 0) {
+    unsigned pf = (a->o.all_blocks ? IMAGER_PLAN_ALL_BLOCKS : 0) |
+                  (a->o.live ? IMAGER_PLAN_LIVE : 0);
+    if (imager_plan_flags(d->info, pf, &d->plan, err) < 0) {
         if (!strstr(err ? err->msg : "", path))
             p2v_err_prefix(err, "disk '%s'", path);
         return -1;
@@ -480,10 +536,31 @@ static int open_disks(struct agent *a)
         a->st.bytes_planned += d->plan.bytes;
     }
     a->live = agent_disks_are_live(a);
+    if (a->o.mode == AGENT_MODE_REMOTE || a->o.mode == AGENT_MODE_LOCAL) {
+        ret = agent_check_mounts(a);
+        if (ret)
+            goto out;
+    }
     ret = 0;
 out:
     imager_free_list(list);
     return ret;
+}
+
+void agent_pipeline_opts(const struct agent *a, const struct agent_disk *d, uint32_t chunk,
+                         struct imager_pipeline_opts *po)
+{
+    *po = (struct imager_pipeline_opts){
+        .fd = d->fd,
+        .path = d->path,
+        .disk_size = d->info->size,
+        .ext = d->plan.ext,
+        .count = d->plan.count,
+        .chunk_size = chunk,
+        .threads = a->o.threads,
+        .retries = 3,
+        .skip_bad_sectors = a->o.skip_bad_sectors,
+    };
 }
 
 void agent_close_disks(struct agent *a)
@@ -543,5 +620,6 @@ int main(int argc, char **argv)
     }
     agent_close_disks(&a);
     free(a.bad);
+    free(a.mounts);
     return r;
 }

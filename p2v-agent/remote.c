@@ -42,51 +42,15 @@
 #include "agent.h"
 #include "p2v-proto.h"
 #include "p2v-tls.h"
+#include "session.h"
 
 #define CONNECT_TIMEOUT_MS 30000
 #define IO_TIMEOUT_MS 120000           /* the server's idle timeout */
 #define FINISH_TIMEOUT_MIN_S 3600      /* DONE → FINISHED: the server converts the disks */
 #define BACKOFF_MAX_S 30
-#define CHUNK_SIZE (1u << 20)
 #define SKIP_RANGES_MAX (4u << 20)     /* HAVE ranges per disk we accept: 64 MiB of list */
 
-/* How a session ended. */
-enum sess_rc {
-    SESS_OK,        /* FINISHED */
-    SESS_COMPLETE,  /* WELCOME said the job was already received */
-    SESS_RETRY,     /* network or retryable server error: try again */
-    SESS_REFUSED,   /* fatal server error or fingerprint mismatch: exit 3 */
-    SESS_FAIL,      /* local failure or a broken server: exit 1 */
-    SESS_BADSECTOR, /* exit 4 */
-};
-
-struct sess {
-    struct agent *a;
-    struct p2v_tls_ctx *ctx;
-    struct p2v_conn *conn;
-    struct p2v_buf out;      /* frames being built */
-    struct p2v_buf body;     /* frames being read */
-    const char *source_id;
-    const char *facts;       /* JSON text */
-    size_t facts_len;
-    uint8_t hash_algo;
-    uint64_t window;
-    uint64_t sent_nz;        /* non-zero DATA bytes sent this session (uncompressed) */
-    uint64_t committed;      /* COMMITTED.bytes */
-    uint64_t frames;         /* DATA frames sent this session */
-    double *last_progress;   /* the run's clock of the last progress */
-    bool progressed;         /* this session moved something forward */
-    double rate_t0;          /* --max-rate: when this session began sending */
-    uint64_t rate_bytes;     /* payload bytes sent since rate_t0 */
-    /* the outcome */
-    enum sess_rc rc;
-    char code[32];
-    char msg[1536];
-};
-
-static int sess_set(struct sess *s, enum sess_rc rc, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int sess_set(struct sess *s, enum sess_rc rc, const char *code, const char *fmt, ...)
+int sess_set(struct sess *s, enum sess_rc rc, const char *code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -97,7 +61,7 @@ static int sess_set(struct sess *s, enum sess_rc rc, const char *code, const cha
     return -1;
 }
 
-static void progress_made(struct sess *s)
+void progress_made(struct sess *s)
 {
     *s->last_progress = p2v_now();
     s->progressed = true;
@@ -105,7 +69,7 @@ static void progress_made(struct sess *s)
 
 /* ------------------------------------------------------------------ frames */
 
-static int sess_send(struct sess *s)
+int sess_send(struct sess *s)
 {
     struct p2v_err err = {0};
     if (p2v_conn_send(s->conn, &s->out, &err) < 0) {
@@ -116,7 +80,7 @@ static int sess_send(struct sess *s)
     return 0;
 }
 
-static int sess_encode_failed(struct sess *s, const char *what)
+int sess_encode_failed(struct sess *s, const char *what)
 {
     p2v_buf_reset(&s->out);
     return sess_set(s, SESS_FAIL, "internal", "cannot encode the %s frame", what);
@@ -167,7 +131,7 @@ static int sess_read_one(struct sess *s, struct p2v_msg *m)
 }
 
 /* The next frame that is not COMMITTED; it must be of @type. */
-static int sess_expect(struct sess *s, uint8_t type, struct p2v_msg *m)
+int sess_expect(struct sess *s, uint8_t type, struct p2v_msg *m)
 {
     int r;
     while ((r = sess_read_one(s, m)) == 1)
@@ -194,7 +158,7 @@ static int sess_take_committed(struct sess *s)
 }
 
 /* Take every COMMITTED frame already waiting, without blocking. */
-static int sess_drain(struct sess *s)
+int sess_drain(struct sess *s)
 {
     while (p2v_conn_readable(s->conn))
         if (sess_take_committed(s) < 0)
@@ -203,7 +167,7 @@ static int sess_drain(struct sess *s)
 }
 
 /* Block until @len more non-zero bytes fit in the window. */
-static int sess_window(struct sess *s, uint64_t len)
+int sess_window(struct sess *s, uint64_t len)
 {
     while (s->sent_nz > s->committed && s->sent_nz - s->committed + len > s->window)
         if (sess_take_committed(s) < 0)
@@ -428,7 +392,7 @@ static void adapt_window(struct sess *s, uint32_t disk, struct imager_pipeline *
 }
 
 /* --max-rate: sleep until the bytes sent this session fit the rate. */
-static void throttle(struct sess *s, size_t n)
+void throttle(struct sess *s, size_t n)
 {
     uint64_t rate = s->a->o.max_rate;
     if (rate == 0)
@@ -445,7 +409,63 @@ static void throttle(struct sess *s, size_t n)
     }
 }
 
-static int sess_disk(struct sess *s, uint32_t i)
+int sess_send_chunk(struct sess *s, uint32_t i, const struct imager_chunk *c)
+{
+    struct agent *a = s->a;
+    uint8_t hdr[P2V_PROTO_DATA_HDR_LEN];
+    struct p2v_err werr = {0};
+    if (c->zero) {
+        static const uint8_t zero_hash[P2V_PROTO_HASH_LEN];
+        p2v_proto_data_header(hdr, P2V_DATA_ZERO, i, c->off, c->len, zero_hash, 0);
+        if (p2v_conn_write(s->conn, hdr, sizeof hdr, &werr) < 0)
+            goto write_failed;
+    } else {
+        const uint8_t *payload = c->zdata ? c->zdata : c->data;
+        size_t plen = c->zdata ? c->zlen : c->len;
+        if (sess_window(s, c->len) < 0)
+            return -1;
+        p2v_proto_data_header(hdr, c->zdata ? P2V_DATA_ZSTD : 0, i, c->off, c->len, c->hash,
+                              plen);
+        if (p2v_conn_write(s->conn, hdr, sizeof hdr, &werr) < 0 ||
+            p2v_conn_write(s->conn, payload, plen, &werr) < 0)
+            goto write_failed;
+        s->sent_nz += c->len;
+        s->pass_sent += c->len;
+        throttle(s, sizeof hdr + plen);
+        a->st.bytes_sent += c->len;
+        a->st.payload_bytes += plen;
+        agent_count_level(a, c->level, c->len);
+    }
+    s->frames++;
+    s->disk_sent[i] += c->len;
+    return 0;
+write_failed:
+    return sess_set(s, SESS_RETRY, "network", "sending to %s: %s", a->o.server, werr.msg);
+}
+
+int sess_disk_end(struct sess *s, uint32_t i)
+{
+    struct agent *a = s->a;
+    if (p2v_proto_put_disk_end(&s->out, P2V_MSG_DISK_END, i, s->disk_sent[i]) < 0)
+        return sess_encode_failed(s, "DISK_END");
+    if (sess_send(s) < 0)
+        return -1;
+    struct p2v_msg m;
+    if (sess_expect(s, P2V_MSG_DISK_OK, &m) < 0)
+        return -1;
+    if (m.u.disk_end.disk != i)
+        return sess_set(s, SESS_FAIL, "protocol", "DISK_OK for disk %u after disk %u's DISK_END",
+                        m.u.disk_end.disk, i);
+    progress_made(s);
+    struct agent_event e;
+    agent_event_begin(&e, "disk-done");
+    p2v_json_kv_u64(&e.j, "disk", i);
+    p2v_json_kv_u64(&e.j, "committed", m.u.disk_end.bytes);
+    agent_event_end(a, &e);
+    return 0;
+}
+
+int sess_disk(struct sess *s, uint32_t i, bool end)
 {
     struct agent *a = s->a;
     struct agent_disk *d = &a->disks[i];
@@ -473,23 +493,13 @@ static int sess_disk(struct sess *s, uint32_t i)
         agent_event_end(a, &e);
     }
 
-    struct imager_pipeline_opts po = {
-        .fd = d->fd,
-        .path = d->path,
-        .disk_size = d->info->size,
-        .ext = d->plan.ext,
-        .count = d->plan.count,
-        .skip = skip,
-        .nskip = nskip,
-        .chunk_size = CHUNK_SIZE,
-        .threads = a->o.threads,
-        .hash = (enum imager_hash)s->hash_algo,
-        .zstd_level = a->o.compress_auto ? agent_adapt_current(&a->adapt)
-                                         : a->o.compress_level,
-        .adaptive = a->o.compress_auto,
-        .retries = 3,
-        .skip_bad_sectors = a->o.skip_bad_sectors,
-    };
+    struct imager_pipeline_opts po;
+    agent_pipeline_opts(a, d, CHUNK_SIZE, &po);
+    po.skip = skip;
+    po.nskip = nskip;
+    po.hash = (enum imager_hash)s->hash_algo;
+    po.zstd_level = a->o.compress_auto ? agent_adapt_current(&a->adapt) : a->o.compress_level;
+    po.adaptive = a->o.compress_auto;
     pl = imager_pipeline_start(&po, &err);
     if (!pl) {
         sess_set(s, err.code == EIO ? SESS_BADSECTOR : SESS_FAIL, "read", "%s", err.msg);
@@ -505,7 +515,7 @@ static int sess_disk(struct sess *s, uint32_t i)
     struct adapt_clock ac = {0};
     if (adaptive)
         adapt_clock_start(&ac, p2v_now());
-    uint64_t done = have, disk_bytes = 0;
+    uint64_t done = have;
     for (;;) {
         struct imager_chunk c;
         double t_next = adaptive ? p2v_now() : 0;
@@ -526,31 +536,8 @@ static int sess_disk(struct sess *s, uint32_t i)
         }
         if (r == 0)
             break;
-        uint8_t hdr[P2V_PROTO_DATA_HDR_LEN];
-        struct p2v_err werr = {0};
-        if (c.zero) {
-            static const uint8_t zero_hash[P2V_PROTO_HASH_LEN];
-            p2v_proto_data_header(hdr, P2V_DATA_ZERO, i, c.off, c.len, zero_hash, 0);
-            if (p2v_conn_write(s->conn, hdr, sizeof hdr, &werr) < 0)
-                goto write_failed;
-        } else {
-            const uint8_t *payload = c.zdata ? c.zdata : c.data;
-            size_t plen = c.zdata ? c.zlen : c.len;
-            if (sess_window(s, c.len) < 0)
-                goto out;
-            p2v_proto_data_header(hdr, c.zdata ? P2V_DATA_ZSTD : 0, i, c.off, c.len, c.hash,
-                                  plen);
-            if (p2v_conn_write(s->conn, hdr, sizeof hdr, &werr) < 0 ||
-                p2v_conn_write(s->conn, payload, plen, &werr) < 0)
-                goto write_failed;
-            s->sent_nz += c.len;
-            throttle(s, sizeof hdr + plen);
-            a->st.bytes_sent += c.len;
-            a->st.payload_bytes += plen;
-            agent_count_level(a, c.level, c.len);
-        }
-        s->frames++;
-        disk_bytes += c.len;
+        if (sess_send_chunk(s, i, &c) < 0)
+            goto out;
         done += c.len;
         agent_progress_update(&pg, P2V_MIN(done, d->plan.bytes));
         if (sess_drain(s) < 0)
@@ -563,41 +550,20 @@ static int sess_disk(struct sess *s, uint32_t i)
             if (now - ac.t0 >= AGENT_ADAPT_WINDOW_S)
                 adapt_window(s, i, pl, &pg, &ac, now);
         }
-        continue;
-    write_failed:
-        sess_set(s, SESS_RETRY, "network", "sending to %s: %s", a->o.server, werr.msg);
-        goto out;
     }
 
-    if (p2v_proto_put_disk_end(&s->out, P2V_MSG_DISK_END, i, disk_bytes) < 0) {
-        sess_encode_failed(s, "DISK_END");
-        goto out;
-    }
-    if (sess_send(s) < 0)
-        goto out;
-    struct p2v_msg m;
-    if (sess_expect(s, P2V_MSG_DISK_OK, &m) < 0)
-        goto out;
-    if (m.u.disk_end.disk != i) {
-        sess_set(s, SESS_FAIL, "protocol", "DISK_OK for disk %u after disk %u's DISK_END",
-                 m.u.disk_end.disk, i);
-        goto out;
-    }
-    progress_made(s);
     agent_progress_finish(&pg, true);
     pg_open = false;
-    struct agent_event e;
-    agent_event_begin(&e, "disk-done");
-    p2v_json_kv_u64(&e.j, "disk", i);
-    p2v_json_kv_u64(&e.j, "committed", m.u.disk_end.bytes);
-    agent_event_end(a, &e);
+    if (end && sess_disk_end(s, i) < 0)
+        goto out;
     ret = 0;
 out:
     if (pg_open)
         agent_progress_finish(&pg, false);
     if (pl) {
-        a->st.bytes_read +=
-            imager_pipeline_bytes_read(pl) - imager_pipeline_bytes_skipped(pl);
+        uint64_t rd = imager_pipeline_bytes_read(pl) - imager_pipeline_bytes_skipped(pl);
+        a->st.bytes_read += rd;
+        s->pass_read += rd;
         size_t nbad = 0;
         const uint64_t *bad = imager_pipeline_bad_sectors(pl, &nbad);
         agent_add_bad(a, i, bad, nbad);
@@ -649,9 +615,10 @@ static int sess_run(struct sess *s)
         return sess_encode_failed(s, "HELLO");
     if (sess_send(s) < 0 || sess_expect(s, P2V_MSG_WELCOME, &m) < 0)
         return -1;
-    if (m.u.welcome.version != P2V_PROTO_VERSION)
+    if (m.u.welcome.version < P2V_PROTO_VERSION_MIN || m.u.welcome.version > P2V_PROTO_VERSION)
         return sess_set(s, SESS_REFUSED, "VERSION", "the server chose protocol version %u",
                         m.u.welcome.version);
+    s->version = m.u.welcome.version;
     snprintf(a->job, sizeof a->job, "%.*s", (int)m.u.welcome.job.len, m.u.welcome.job.p);
     s->window = m.u.welcome.window;
     uint8_t state = m.u.welcome.state;
@@ -672,9 +639,19 @@ static int sess_run(struct sess *s)
         return sess_encode_failed(s, "FACTS");
     if (sess_send(s) < 0)
         return -1;
-    for (uint32_t i = 0; i < a->ndisks; i++)
-        if (sess_disk(s, i) < 0)
+    if (a->o.live) {
+        if (s->version < 2)
+            return sess_set(s, SESS_REFUSED, "VERSION",
+                            "the server speaks protocol version %u; a live capture needs "
+                            "version 2 (a newer p2v-server)",
+                            s->version);
+        if (live_session(s) < 0)
             return -1;
+    } else {
+        for (uint32_t i = 0; i < a->ndisks; i++)
+            if (sess_disk(s, i, true) < 0)
+                return -1;
+    }
 
     if (p2v_proto_put_done(&s->out) < 0)
         return sess_encode_failed(s, "DONE");
@@ -829,6 +806,8 @@ int agent_remote(struct agent *a)
         p2v_buf_init(&s.body, P2V_PROTO_BODY_MAX);
         s.conn = NULL;
         s.sent_nz = s.committed = s.frames = 0;
+        memset(s.disk_sent, 0, sizeof s.disk_sent);
+        s.version = 0;
         s.rate_bytes = 0;
         s.window = 0;
         s.last_progress = &last_progress;

@@ -34,6 +34,7 @@ static void usage_main(FILE *fp)
             "  run --store DIR [--listen HOST:PORT] ... receive captures from p2v-agent\n"
             "  status --store DIR [--json] [JOB]        show the jobs of a store\n"
             "  retry --store DIR JOB                    run a job's failed stage again\n"
+            "  cutover --store DIR JOB                  end a live capture's sync: cut over\n"
             "  batch add --store DIR MANIFEST [--json]  a join token for each machine of a wave\n"
             "  batch status --store DIR [--json]        the wave: each machine's state\n"
             "  vmconfig --disk PATH --out DIR ...       VM configurations for captured disks\n"
@@ -144,6 +145,20 @@ static void usage_status(FILE *fp)
             "\n"
             "  --store DIR   the store folder\n"
             "  --json        print {\"jobs\": [job.json objects]} (with JOB: that object)\n");
+}
+
+static void usage_cutover(FILE *fp)
+{
+    fprintf(fp,
+            "usage: p2v-server cutover --store DIR JOB\n"
+            "\n"
+            "Ask the agent of a live capture kept in sync (p2v-agent --live --continuous) to\n"
+            "cut over: after its current pass it freezes the file systems, sends the last\n"
+            "delta and finishes the job. The request is a file, jobs/JOB/cutover, that the\n"
+            "server reads at the agent's next pass or heartbeat (every few seconds), so it\n"
+            "works whether or not the agent is connected now.\n"
+            "\n"
+            "  --store DIR   the store folder\n");
 }
 
 static void usage_vmconfig(FILE *fp)
@@ -508,32 +523,64 @@ static int cmd_batch(int argc, char **argv)
     return srv_batch_status(store, json);
 }
 
-/* ---------------------------------------------------------------- retry */
+/* ---------------------------------------------------------------- retry, cutover */
 
-static int cmd_retry(int argc, char **argv)
+/* The options of retry and cutover: --store DIR and one JOB. -1 when they are parsed
+ * (*store and *id set), else the exit code to return. */
+static int store_job_opts(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                          const char **store, const char **id)
 {
     static const struct option opts[] = {
         {"store", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *store = NULL;
     int c;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case 's': store = optarg; break;
-        case 'h': usage_retry(stdout); return 0;
-        default: return bad_option("retry ", c, argv);
+        case 's': *store = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: return bad_option(cmd, c, argv);
         }
     }
-    if (!store)
-        return usage_error("retry ", "--store DIR is required");
+    if (!*store)
+        return usage_error(cmd, "--store DIR is required");
     if (argc - optind != 1)
-        return usage_error("retry ", argc == optind ? "a JOB is required"
-                                                    : "one JOB at a time");
+        return usage_error(cmd, argc == optind ? "a JOB is required" : "one JOB at a time");
     if (!srv_job_id_ok(argv[optind]))
-        return usage_error("retry ", "'%s' is not a job name", argv[optind]);
-    return srv_retry(store, argv[optind]);
+        return usage_error(cmd, "'%s' is not a job name", argv[optind]);
+    *id = argv[optind];
+    return -1;
+}
+
+static int cmd_retry(int argc, char **argv)
+{
+    const char *store = NULL, *id = NULL;
+    int rc = store_job_opts(argc, argv, "retry ", usage_retry, &store, &id);
+    return rc >= 0 ? rc : srv_retry(store, id);
+}
+
+static int cmd_cutover(int argc, char **argv)
+{
+    const char *store = NULL, *id = NULL;
+    int rc = store_job_opts(argc, argv, "cutover ", usage_cutover, &store, &id);
+    if (rc >= 0)
+        return rc;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/jobs/%s/job.json", store, id);
+    if (access(path, F_OK) < 0) {
+        p2v_error("no job '%s' in the store %s", id, store);
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/jobs/%s/cutover", store, id);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        p2v_error("cannot write %s: %s", path, strerror(errno));
+        return 1;
+    }
+    close(fd);
+    printf("cutover requested for job %s: its agent cuts over after its current pass\n", id);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- vmconfig */
@@ -731,8 +778,8 @@ int main(int argc, char **argv)
     p2v_log_init("p2v-server");
     opterr = 0;
     if (argc < 2)
-        return usage_error("", "a command is required (init, run, status, retry, batch or "
-                           "vmconfig)");
+        return usage_error("", "a command is required (init, run, status, retry, cutover, "
+                           "batch or vmconfig)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage_main(stdout);
@@ -756,5 +803,7 @@ int main(int argc, char **argv)
         return cmd_retry(argc - 1, argv + 1);
     if (strcmp(cmd, "batch") == 0)
         return cmd_batch(argc - 1, argv + 1);
+    if (strcmp(cmd, "cutover") == 0)
+        return cmd_cutover(argc - 1, argv + 1);
     return usage_error("", "unknown command '%s'", cmd);
 }

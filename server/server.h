@@ -268,6 +268,18 @@ struct srv_job {
     unsigned cpus;
     uint64_t stage_ms[4];
     uint64_t changes;
+    /* a live capture (PASS frames, protocol v2): its last pass, when the source was last
+     * read in full (the start of the last pass, server clock, Unix ms: the copy lags the
+     * source by now minus this), and whether `p2v-server cutover` asked for the cutover
+     * (the file jobs/ID/cutover) */
+    struct srv_live {
+        uint32_t pass;
+        uint8_t phase;
+        uint64_t bytes_read, bytes_sent;
+        uint32_t duration_ms, freeze_ms;
+        uint64_t synced_ms;
+        bool cutover_requested;
+    } live;
 };
 
 /* The pipeline's timed stages (job.json "stage-ms"). */

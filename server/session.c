@@ -55,6 +55,7 @@ struct srv_session {
     struct p2v_conn *conn;
     struct srv_job *job;
     uint8_t hash_algo;
+    uint16_t version;       /* the protocol version WELCOME chose */
     bool declared[P2V_PROTO_DISKS_MAX];
     uint64_t sent[P2V_PROTO_DISKS_MAX]; /* non-zero DATA bytes received this session */
     bool facts_seen, disk_seen;
@@ -207,10 +208,14 @@ static int on_hello(struct srv_session *s, const struct p2v_msg *m)
     char name[P2V_PROTO_NAME_MAX + 1], source_id[P2V_PROTO_SOURCE_ID_MAX + 1];
     char agent[P2V_PROTO_VERSION_STR_MAX + 1];
 
-    if (m->u.hello.version_min > P2V_PROTO_VERSION || m->u.hello.version_max < P2V_PROTO_VERSION)
+    if (m->u.hello.version_min > P2V_PROTO_VERSION ||
+        m->u.hello.version_max < P2V_PROTO_VERSION_MIN)
         return sess_error(s, P2V_E_VERSION,
-                          "no common protocol version (the agent speaks %u..%u, the server %u)",
-                          m->u.hello.version_min, m->u.hello.version_max, P2V_PROTO_VERSION);
+                          "no common protocol version (the agent speaks %u..%u, the server "
+                          "%u..%u)",
+                          m->u.hello.version_min, m->u.hello.version_max,
+                          P2V_PROTO_VERSION_MIN, P2V_PROTO_VERSION);
+    s->version = P2V_MIN(m->u.hello.version_max, (uint16_t)P2V_PROTO_VERSION);
     /* the store's token, or the machine's own (a batch's: bound to its name) */
     const struct p2v_str *nm = &m->u.hello.name;
     bool named = srv_name_check(nm->p, nm->len, &err) == 0;
@@ -287,7 +292,8 @@ static int on_hello(struct srv_session *s, const struct p2v_msg *m)
                                                                        : "already received");
     save_job(s);
     p2v_buf_reset(&s->out);
-    if (p2v_proto_put_welcome(&s->out, state, srv->store.window, job->id) < 0)
+    if (p2v_proto_put_welcome_version(&s->out, s->version, state, srv->store.window,
+                                      job->id) < 0)
         return sess_error(s, P2V_E_INTERNAL, "cannot encode WELCOME");
     if (sess_send(s) < 0)
         return -1;
@@ -507,6 +513,8 @@ static int on_done(struct srv_session *s)
     snprintf(text, sizeof text, "job %s: %u disk%s received, %s (%s)", job->id, ndisks,
              ndisks == 1 ? "" : "s", total, job->format);
     srv_job_log(job, "received: %s (images written in %.1f s)", text, p2v_now() - t0);
+    if (unlinkat(job->dirfd, "cutover", 0) == 0) /* a live job's request is spent */
+        job->live.cutover_requested = false;
     srv_log(s->srv, P2V_LOG_INFO, "%s: %s", s->peer, text);
     p2v_buf_reset(&s->out);
     if (p2v_proto_put_finished(&s->out, text) < 0)
@@ -588,6 +596,43 @@ out:
     return r;
 }
 
+/* PASS (v2): a live capture's pass ended, or a heartbeat while the agent waits. Kept in
+ * job.json for status (the lag); answered with PASS_OK, flagged CUTOVER once
+ * `p2v-server cutover` has left jobs/ID/cutover. */
+static int on_pass(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct srv_job *job = s->job;
+    if (s->version < 2)
+        return sess_error(s, P2V_E_PROTO, "PASS in a protocol version %u session", s->version);
+    job->live.cutover_requested = faccessat(job->dirfd, "cutover", F_OK, 0) == 0;
+    if (m->u.pass.phase != P2V_PASS_IDLE) {
+        uint64_t now_ms = (uint64_t)(p2v_wall_now() * 1000);
+        job->live.pass = m->u.pass.pass;
+        job->live.phase = m->u.pass.phase;
+        job->live.bytes_read = m->u.pass.bytes_read;
+        job->live.bytes_sent = m->u.pass.bytes_sent;
+        job->live.duration_ms = m->u.pass.duration_ms;
+        job->live.freeze_ms = m->u.pass.freeze_ms;
+        job->live.synced_ms = now_ms > m->u.pass.duration_ms ? now_ms - m->u.pass.duration_ms
+                                                             : 0;
+        srv_job_log(job, "live pass %u (%s): %llu bytes read, %llu sent, %u ms",
+                    m->u.pass.pass,
+                    m->u.pass.phase == P2V_PASS_COPY    ? "copy"
+                    : m->u.pass.phase == P2V_PASS_DELTA ? "delta"
+                                                        : "final, under the freeze",
+                    (unsigned long long)m->u.pass.bytes_read,
+                    (unsigned long long)m->u.pass.bytes_sent, m->u.pass.duration_ms);
+        if (m->u.pass.freeze_ms)
+            srv_job_log(job, "cutover: the file systems were frozen for %u ms",
+                        m->u.pass.freeze_ms);
+        save_job(s);
+    }
+    p2v_buf_reset(&s->out);
+    if (p2v_proto_put_pass_ok(&s->out, job->live.cutover_requested ? P2V_PASS_CUTOVER : 0) < 0)
+        return sess_error(s, P2V_E_INTERNAL, "cannot encode PASS_OK");
+    return sess_send(s);
+}
+
 /* Step 2..9: one frame in the session's state. 0 go on, 1 the session is over (done), -1
  * the session failed (already reported). */
 static int sess_dispatch(struct srv_session *s, const struct p2v_msg *m)
@@ -605,6 +650,7 @@ static int sess_dispatch(struct srv_session *s, const struct p2v_msg *m)
     case P2V_MSG_DISK_END: return on_disk_end(s, m);
     case P2V_MSG_DONE: return on_done(s);
     case P2V_MSG_HASHES: return on_hashes(s, m);
+    case P2V_MSG_PASS: return on_pass(s, m);
     case P2V_MSG_ERROR: {
         int n = (int)m->u.error.text.len;
         srv_log(s->srv, P2V_LOG_WARN, "%s: job %s: the agent reported ERROR %s: %.*s", s->peer,

@@ -60,7 +60,22 @@ out:
     return r;
 }
 
-/* The job.json object, with "active", "rate" and "eta" corrected when no server runs. */
+/* A live capture's lag: seconds since the source was last read in full (the start of its
+ * last pass), while a session holds the job. */
+static bool live_lag(const struct jv *doc, bool live, uint64_t *lag)
+{
+    const struct jv *lv = jv_get(doc, "live"), *act = jv_get(doc, "active");
+    uint64_t synced;
+    if (!live || !lv || !act || act->type != JV_BOOL || !act->b ||
+        !jv_u64(jv_get(lv, "synced-ms"), &synced))
+        return false;
+    uint64_t now = (uint64_t)(p2v_wall_now() * 1000);
+    *lag = now > synced ? (now - synced) / 1000 : 0;
+    return true;
+}
+
+/* The job.json object, with "active", "rate" and "eta" corrected when no server runs, and
+ * "lag-s" added for a live capture in sync. */
 static void write_doc(struct p2v_json *j, const struct jv *doc, bool live)
 {
     p2v_json_object_begin(j);
@@ -76,6 +91,9 @@ static void write_doc(struct p2v_json *j, const struct jv *doc, bool live)
         else
             jv_write(j, &doc->items[i]);
     }
+    uint64_t lag;
+    if (live_lag(doc, live, &lag))
+        p2v_json_kv_u64(j, "lag-s", lag);
     p2v_json_object_end(j);
 }
 
@@ -259,6 +277,26 @@ static void print_one(const struct status_job *sj, bool live)
            p2v_format_size(total, t, sizeof t), pct);
     printf("rate:       %s\n", rate);
     printf("eta:        %s\n", eta);
+    const struct jv *lv = jv_get(sj->doc, "live");
+    uint64_t pass = 0, rd = 0, sent = 0, dur = 0, frz = 0, lag;
+    if (lv && jv_u64(jv_get(lv, "pass"), &pass)) {
+        const char *phase = jv_str(jv_get(lv, "phase"));
+        const struct jv *cr = jv_get(lv, "cutover-requested");
+        jv_u64(jv_get(lv, "bytes-read"), &rd);
+        jv_u64(jv_get(lv, "bytes-sent"), &sent);
+        jv_u64(jv_get(lv, "duration-ms"), &dur);
+        jv_u64(jv_get(lv, "freeze-ms"), &frz);
+        printf("live:       pass %llu (%s): %s read, %s sent in %.1f s", (unsigned long long)pass,
+               phase ? phase : "?", p2v_format_size(rd, d, sizeof d),
+               p2v_format_size(sent, t, sizeof t), (double)dur / 1000);
+        if (frz)
+            printf("; frozen %llu ms", (unsigned long long)frz);
+        if (live_lag(sj->doc, live, &lag))
+            printf("; lag %llu s", (unsigned long long)lag);
+        if (cr && cr->type == JV_BOOL && cr->b)
+            printf("; cutover requested");
+        printf("\n");
+    }
     printf("received:   %s of data over %llu session(s)\n",
            p2v_format_size(job->bytes_received, d, sizeof d),
            (unsigned long long)job->sessions);

@@ -599,6 +599,20 @@ int srv_job_to_json(const struct srv_job *job, struct p2v_buf *out)
     p2v_json_kv_string(&j, "report", job->has_report ? "report.json" : NULL);
     p2v_json_kv_string(&j, "serial-log", job->has_serial_log ? "verify/serial.log" : NULL);
     p2v_json_kv_u64(&j, "changes", job->changes);
+    if (job->live.pass) {
+        static const char *const phases[] = {"idle", "copy", "delta", "final"};
+        p2v_json_key(&j, "live");
+        p2v_json_object_begin(&j);
+        p2v_json_kv_u64(&j, "pass", job->live.pass);
+        p2v_json_kv_string(&j, "phase", phases[job->live.phase & 3]);
+        p2v_json_kv_u64(&j, "bytes-read", job->live.bytes_read);
+        p2v_json_kv_u64(&j, "bytes-sent", job->live.bytes_sent);
+        p2v_json_kv_u64(&j, "duration-ms", job->live.duration_ms);
+        p2v_json_kv_u64(&j, "freeze-ms", job->live.freeze_ms);
+        p2v_json_kv_u64(&j, "synced-ms", job->live.synced_ms);
+        p2v_json_kv_bool(&j, "cutover-requested", job->live.cutover_requested);
+        p2v_json_object_end(&j);
+    }
     p2v_json_key(&j, "stage-ms");
     p2v_json_object_begin(&j);
     for (unsigned i = 0; i < P2V_ARRAY_SIZE(job->stage_ms); i++)

@@ -25,16 +25,15 @@ static int reencode(const struct p2v_msg *m, struct p2v_buf *out)
     const struct p2v_msg *x = m;
     switch (m->type) {
     case P2V_MSG_HELLO:
-        if (x->u.hello.version_min != 1 || x->u.hello.version_max != 1)
-            return 1; /* the encoder speaks version 1 only */
+        if (x->u.hello.version_min != P2V_PROTO_VERSION_MIN ||
+            x->u.hello.version_max != P2V_PROTO_VERSION)
+            return 1; /* the encoder offers exactly this range */
         return p2v_proto_put_hello(out, x->u.hello.hash_algo, cstr(x->u.hello.token, a),
                                    cstr(x->u.hello.name, b), cstr(x->u.hello.source_id, c),
                                    cstr(x->u.hello.agent_version, d));
     case P2V_MSG_WELCOME:
-        if (x->u.welcome.version != 1)
-            return 1;
-        return p2v_proto_put_welcome(out, x->u.welcome.state, x->u.welcome.window,
-                                     cstr(x->u.welcome.job, a));
+        return p2v_proto_put_welcome_version(out, x->u.welcome.version, x->u.welcome.state,
+                                             x->u.welcome.window, cstr(x->u.welcome.job, a));
     case P2V_MSG_FACTS: return p2v_proto_put_facts(out, x->u.facts.json.p, x->u.facts.json.len);
     case P2V_MSG_DISK:
         return p2v_proto_put_disk(out, x->u.disk.disk, x->u.disk.size, x->u.disk.sector_size,
@@ -75,6 +74,11 @@ static int reencode(const struct p2v_msg *m, struct p2v_buf *out)
     }
     case P2V_MSG_COMMITTED:
         return p2v_proto_put_committed(out, x->u.committed.frames, x->u.committed.bytes);
+    case P2V_MSG_PASS:
+        return p2v_proto_put_pass(out, x->u.pass.pass, x->u.pass.phase, x->u.pass.bytes_read,
+                                  x->u.pass.bytes_sent, x->u.pass.duration_ms,
+                                  x->u.pass.freeze_ms);
+    case P2V_MSG_PASS_OK: return p2v_proto_put_pass_ok(out, x->flags);
     case P2V_MSG_ERROR:
         return p2v_proto_put_error(out, x->u.error.code, cstr(x->u.error.text, a));
     default: abort(); /* the decoder accepted an unknown type */

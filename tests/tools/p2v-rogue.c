@@ -394,8 +394,8 @@ static int case_hello(const struct rogue *r, const struct rogue_case *rc)
     return ret;
 }
 
-/* HELLO whose version range (2..9) leaves out version 1; raw bytes, since the encoder
- * always offers version 1. */
+/* HELLO whose version range (ours + 1 .. ours + 7) leaves out every version the server
+ * speaks; raw bytes, since the encoder always offers our own range. */
 static int case_bad_version(const struct rogue *r, const struct rogue_case *rc)
 {
     struct p2v_err err = {0};
@@ -414,8 +414,8 @@ static int case_bad_version(const struct rogue *r, const struct rogue_case *rc)
     p2v_buf_put_u8(&out, P2V_MSG_HELLO);
     p2v_buf_put_u8(&out, 0);
     p2v_buf_put_u16be(&out, 0);
-    p2v_buf_put_u16be(&out, 2);
-    p2v_buf_put_u16be(&out, 9);
+    p2v_buf_put_u16be(&out, P2V_PROTO_VERSION + 1); /* only versions after ours */
+    p2v_buf_put_u16be(&out, P2V_PROTO_VERSION + 7);
     p2v_buf_put_u8(&out, P2V_HASH_SHA256);
     p2v_buf_put_u8(&out, 0);
     for (size_t i = 0; i < P2V_ARRAY_SIZE(strs); i++) {

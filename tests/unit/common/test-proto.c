@@ -45,7 +45,7 @@ static void test_roundtrip(void)
     ok(p2v_proto_put_hello(&b, P2V_HASH_BLAKE2B, "tok", "web-01", "abc123", "0.1.0") == 0 &&
            decode_frame(&b, &m, &err) == 0,
        "HELLO round trip");
-    ok(m.type == P2V_MSG_HELLO && m.u.hello.version_min == 1 && m.u.hello.version_max == 1 &&
+    ok(m.type == P2V_MSG_HELLO && m.u.hello.version_min == 1 && m.u.hello.version_max == 2 &&
            m.u.hello.hash_algo == P2V_HASH_BLAKE2B && str_is(m.u.hello.token, "tok") &&
            str_is(m.u.hello.name, "web-01") && str_is(m.u.hello.source_id, "abc123") &&
            str_is(m.u.hello.agent_version, "0.1.0"),
@@ -54,7 +54,7 @@ static void test_roundtrip(void)
 
     ok(p2v_proto_put_welcome(&b, P2V_JOB_RESUME, 32u << 20, "web-01-2") == 0 &&
            decode_frame(&b, &m, &err) == 0 && m.type == P2V_MSG_WELCOME &&
-           m.u.welcome.version == 1 && m.u.welcome.state == P2V_JOB_RESUME &&
+           m.u.welcome.version == 2 && m.u.welcome.state == P2V_JOB_RESUME &&
            m.u.welcome.window == 32u << 20 && str_is(m.u.welcome.job, "web-01-2"),
        "WELCOME round trip");
     p2v_buf_reset(&b);
@@ -182,6 +182,34 @@ static void test_roundtrip(void)
            m.type == P2V_MSG_COMMITTED && m.u.committed.frames == 12 &&
            m.u.committed.bytes == 12u << 20,
        "COMMITTED round trip");
+    p2v_buf_reset(&b);
+    ok(p2v_proto_put_welcome_version(&b, 1, P2V_JOB_NEW, 1u << 20, "j") == 0 &&
+           decode_frame(&b, &m, &err) == 0 && m.u.welcome.version == 1,
+       "WELCOME naming version 1");
+    p2v_buf_reset(&b);
+    ok(p2v_proto_put_pass(&b, 3, P2V_PASS_DELTA, 5u << 20, 1u << 20, 1234, 0) == 0 &&
+           decode_frame(&b, &m, &err) == 0 && m.type == P2V_MSG_PASS &&
+           m.u.pass.pass == 3 && m.u.pass.phase == P2V_PASS_DELTA &&
+           m.u.pass.bytes_read == 5u << 20 && m.u.pass.bytes_sent == 1u << 20 &&
+           m.u.pass.duration_ms == 1234 && m.u.pass.freeze_ms == 0,
+       "PASS round trip");
+    p2v_buf_reset(&b);
+    ok(p2v_proto_put_pass(&b, 9, P2V_PASS_FINAL, 7, 7, 10, 250) == 0 &&
+           decode_frame(&b, &m, &err) == 0 && m.u.pass.freeze_ms == 250,
+       "PASS final with its freeze window");
+    p2v_buf_reset(&b);
+    ok(p2v_proto_put_pass(&b, 0, P2V_PASS_IDLE, 0, 0, 0, 0) == 0 &&
+           decode_frame(&b, &m, &err) == 0 && m.u.pass.phase == P2V_PASS_IDLE,
+       "PASS heartbeat");
+    p2v_buf_reset(&b);
+    ok(p2v_proto_put_pass_ok(&b, P2V_PASS_CUTOVER) == 0 && decode_frame(&b, &m, &err) == 0 &&
+           m.type == P2V_MSG_PASS_OK && m.flags == P2V_PASS_CUTOVER,
+       "PASS_OK round trip (cutover)");
+    p2v_buf_reset(&b);
+    errno = 0;
+    ok(p2v_proto_put_pass(&b, 2, P2V_PASS_DELTA, 1, 2, 0, 0) == -1 && errno == EINVAL &&
+           b.len == 0,
+       "PASS: more sent than read is refused by the encoder");
     p2v_buf_reset(&b);
     ok(p2v_proto_put_error(&b, P2V_E_BUSY, "job 'web-01' is busy") == 0 &&
            decode_frame(&b, &m, &err) == 0 && m.type == P2V_MSG_ERROR &&
@@ -435,6 +463,20 @@ static void test_malformed(void)
     refused(P2V_MSG_DONE, 0, &b, 1, "DONE frame: 1 trailing bytes", "DONE with a body");
     refused(P2V_MSG_COMMITTED, 0, &b, 15, "COMMITTED frame: truncated", "COMMITTED truncated");
 
+    /* PASS / PASS_OK */
+    b.n = 0, b32(&b, 1), b8(&b, 4), b8(&b, 0), b64(&b, 0), b64(&b, 0), b32(&b, 0), b32(&b, 0);
+    refused(P2V_MSG_PASS, 0, &b, b.n, "PASS frame: unknown phase 4", "PASS phase 4");
+    refused(P2V_MSG_PASS, 0, &b, b.n - 1, "PASS frame: truncated", "PASS truncated");
+    b.n = 0, b32(&b, 0), b8(&b, 2), b8(&b, 0), b64(&b, 0), b64(&b, 0), b32(&b, 0), b32(&b, 0);
+    refused(P2V_MSG_PASS, 0, &b, b.n, "pass 0 with phase 2", "PASS number 0 in a delta");
+    b.n = 0, b32(&b, 2), b8(&b, 2), b8(&b, 1), b64(&b, 0), b64(&b, 0), b32(&b, 0), b32(&b, 0);
+    refused(P2V_MSG_PASS, 0, &b, b.n, "reserved byte is 1", "PASS reserved byte");
+    b.n = 0, b32(&b, 2), b8(&b, 2), b8(&b, 0), b64(&b, 1), b64(&b, 0), b32(&b, 0), b32(&b, 9);
+    refused(P2V_MSG_PASS, 0, &b, b.n, "freeze_ms in a phase-2 pass", "PASS freeze outside final");
+    refused(P2V_MSG_PASS, 0x01, &b, b.n, "undefined flags", "PASS flag");
+    refused(P2V_MSG_PASS_OK, 0x02, &b, 0, "undefined flags 0x02", "PASS_OK flag 0x02");
+    refused(P2V_MSG_PASS_OK, 0, &b, 1, "1 trailing bytes", "PASS_OK with a body");
+
     /* HASHES */
     b.n = 0, b32(&b, 0), b32(&b, 1), b64(&b, 0), b32(&b, 1000), bfill(&b, 1, 32);
     refused(P2V_MSG_HASHES, 0, &b, b.n, "HASHES frame: entry 0: length 1000 is not a positive "
@@ -469,7 +511,7 @@ static void test_malformed(void)
 
     /* unknown types */
     refused(0x00, 0, &b, 0, "unknown frame type 0x00", "type 0x00");
-    refused(0x0e, 0, &b, 0, "unknown frame type 0x0e", "type 0x0e");
+    refused(0x10, 0, &b, 0, "unknown frame type 0x10", "type 0x10");
     refused(0xff, 0, &b, 0, "unknown frame type 0xff", "type 0xff");
 
     /* a failed decode leaves the output untouched */
