@@ -15,7 +15,7 @@
 [ "$(id -u)" -eq 0 ] || skip_all "needs root (loop devices, mounts, FIFREEZE)"
 require_tool qemu-img python3 losetup sfdisk mke2fs e2fsck
 . "$top_srcdir/tests/capture-lib.sh"
-plan 26
+plan 30
 
 writer=$top_srcdir/tests/integration/live-writer.py
 check=$top_srcdir/tests/integration/live-check.sh
@@ -84,6 +84,11 @@ ok "the refusal names the mount and suggests --live" \
     sh -c "grep -q '$mnt' '$work/plain.out' && grep -q -- '--live' '$work/plain.out'"
 diag "$(grep -m1 -- --live "$work/plain.out")"
 
+# ---- --force: captured, marked crash-inconsistent
+agent --force --name forced --disk "$dev" --json >"$work/forced.ev" 2>"$work/forced.err"
+is "$?" 0 "--force captures it anyway"
+ok "the report marks it crash-inconsistent" grep -q '"consistency":"crash-inconsistent"' "$work/forced.ev"
+
 # ---- --live under a write load
 start_writer w1 1
 sleep 3
@@ -99,7 +104,8 @@ ok "the writer logged no error" sh -c "! grep -q '^error' '$work/w1.log'"
 ok "a copy pass, then delta passes" sh -c "grep -q '\"phase\":\"copy\"' '$work/live1.ev' && grep -q '\"phase\":\"delta\"' '$work/live1.ev'"
 ok "a final pass under the freeze" grep -q '"phase":"final"' "$work/live1.ev"
 fw=$(json_field "$work/live1.ev" freeze-window)
-diag "freeze window ${fw:-?} s; passes: $(grep -o '"phase":"[a-z]*","bytes-read":[0-9]*,"bytes-sent":[0-9]*' "$work/live1.ev" | tr '\n' ' ')"
+diag "freeze window ${fw:-?} s; passes: $(grep '"event":"pass"' "$work/live1.ev" |
+    grep -o '"phase":"[a-z]*","bytes-read":[0-9]*,"bytes-sent":[0-9]*' | tr '\n' ' ')"
 ok "the freeze window is under 5 s (${fw:-none})" awk -v f="${fw:-99}" 'BEGIN {exit !(f > 0 && f < 5)}'
 ok "the report says the copy is consistent by freeze" grep -q '"consistency":"frozen"' "$work/live1.ev"
 ok "the writer wrote files during the capture" sh -c "[ \$(grep -c '^file' '$work/w1.log') -gt 20 ]"
@@ -165,6 +171,17 @@ stop_writer w3
 is "$?" 0 "the writer saw no error"
 ok "the continuous image holds every write fsync'd before the freeze" \
     check_image cont w3 "$(frozen_at "$work/cont.ev")"
+
+# ---- --continuous, the cutover asked on the agent's console (SIGUSR1)
+"$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
+    --live --continuous 30 --name usr1 --disk "$dev" --json >"$work/usr1.ev" 2>"$work/usr1.err" &
+apid=$!
+for _ in $(seq 300); do grep -q '"phase":"delta"' "$work/usr1.ev" && break; sleep 0.1; done
+kill -USR1 "$apid"
+for _ in $(seq 150); do kill -0 "$apid" 2>/dev/null || break; sleep 0.1; done
+wait "$apid"
+is "$?" 0 "SIGUSR1 cuts over at once (not 30 s later)"
+ok "it cut over under a freeze" grep -q '"event":"cutover"' "$work/usr1.ev"
 
 # ---- a file system the kernel cannot freeze
 if command -v mkntfs >/dev/null && command -v ntfs-3g >/dev/null && [ -e /dev/fuse ]; then
