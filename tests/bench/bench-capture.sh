@@ -89,7 +89,10 @@ store=${P2V_BENCH_STORE:-$work/store}
 "$server" init --store "$store" --json >"$work/init.json"
 fp=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fingerprint"])' "$work/init.json")
 token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$work/init.json")
-"$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -q 2>"$work/server.log" &
+# --until received: the capture alone is timed (no conversion of each job running beside
+# the next capture)
+"$server" run --store "$store" --listen 127.0.0.1:0 --port-file "$work/port" -q \
+    --until received 2>"$work/server.log" &
 spid=$!; pids+=($spid)
 for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")
