@@ -71,6 +71,10 @@ int main(int argc, char **argv)
     emit("hashes", p2v_proto_put_hashes(&b, P2V_RANGES_MORE, 0, offs, lens,
                                         (const uint8_t(*)[32])hs, 2));
     emit("committed", p2v_proto_put_committed(&b, 17, 17u << 20));
+    emit("pass", p2v_proto_put_pass(&b, 2, P2V_PASS_DELTA, 5u << 20, 1u << 20, 321, 0));
+    emit("pass-final", p2v_proto_put_pass(&b, 3, P2V_PASS_FINAL, 5u << 20, 1u << 20, 90, 85));
+    emit("pass-idle", p2v_proto_put_pass(&b, 0, P2V_PASS_IDLE, 0, 0, 0, 0));
+    emit("pass-ok", p2v_proto_put_pass_ok(&b, P2V_PASS_CUTOVER));
     emit("error", p2v_proto_put_error(&b, P2V_E_BUSY, "job 'web-01' is held by another session"));
     p2v_buf_release(&b);
     return 0;
@@ -79,5 +83,6 @@ EOF
 # shellcheck disable=SC2046
 "$cc" -std=gnu11 -D_GNU_SOURCE -I"$src/common" "$tmp/gen.c" "$src/common/proto.c" \
     "$src/common/buf.c" "$src/common/err.c" "$src/common/rd.c" "$src/common/util.c" \
+    "$src/common/tls.c" "$src/common/log.c" \
     $(pkg-config --cflags --libs openssl libzstd) -lm -lpthread -o "$tmp/gen"
 "$tmp/gen" "$out"
