@@ -14,6 +14,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -145,16 +146,9 @@ static bool sys_read(const char *path, char *out, size_t len)
 /* The whole disk a partition @dev belongs to, through /sys/dev/block/MAJ:MIN: a partition
  * has a "partition" file, and its sysfs directory sits inside its disk's, whose "dev" file
  * names the disk. False when @dev is not a partition (or sysfs does not say). */
-static bool partition_parent(dev_t dev, dev_t *parent)
+/* "MAJ:MIN" as sysfs writes it into a dev_t. */
+static bool parse_dev(char *v, dev_t *dev)
 {
-    char path[128], v[64];
-    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/partition", major(dev), minor(dev));
-    if (access(path, F_OK) != 0)
-        return false;
-    /* the kernel follows the MAJ:MIN symbolic link before "..": the disk's directory */
-    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/../dev", major(dev), minor(dev));
-    if (!sys_read(path, v, sizeof v))
-        return false;
     char *colon = strchr(v, ':');
     unsigned long long maj, min;
     if (!colon)
@@ -163,8 +157,19 @@ static bool partition_parent(dev_t dev, dev_t *parent)
     if (p2v_parse_uint(v, 0, UINT_MAX, &maj) < 0 ||
         p2v_parse_uint(colon + 1, 0, UINT_MAX, &min) < 0)
         return false;
-    *parent = makedev((unsigned)maj, (unsigned)min);
+    *dev = makedev((unsigned)maj, (unsigned)min);
     return true;
+}
+
+static bool partition_parent(const char *sys, dev_t dev, dev_t *parent)
+{
+    char path[PATH_MAX], v[64];
+    snprintf(path, sizeof path, "%s/dev/block/%u:%u/partition", sys, major(dev), minor(dev));
+    if (access(path, F_OK) != 0)
+        return false;
+    /* the kernel follows the MAJ:MIN symbolic link before "..": the disk's directory */
+    snprintf(path, sizeof path, "%s/dev/block/%u:%u/../dev", sys, major(dev), minor(dev));
+    return sys_read(path, v, sizeof v) && parse_dev(v, parent);
 }
 
 /* True when @dev is a loop device whose backing file is @image (a real path). */
@@ -205,12 +210,49 @@ static bool dev_is_disk(const struct disk_id *d, dev_t dev)
     return loop_of(dev, d->real);
 }
 
-static bool mount_matches(const struct disk_id *d, dev_t dev)
+/* Stacked devices (device-mapper: LVM, dm-crypt; md) go no deeper than this. */
+#define STACK_DEPTH_MAX 8
+
+/* True when block device @dev lies on the disk: it is the disk, a partition of it, or a
+ * device stacked on them (its sysfs "slaves", followed down): a logical volume whose
+ * physical volume is on the disk holds a file system of the disk as much as a partition
+ * does. */
+static bool on_disk(const char *sys, const struct disk_id *d, dev_t dev, int depth)
 {
     dev_t parent;
-    if (dev_is_disk(d, dev))
+    if (dev_is_disk(d, dev) || (partition_parent(sys, dev, &parent) && dev_is_disk(d, parent)))
         return true;
-    return partition_parent(dev, &parent) && dev_is_disk(d, parent);
+    if (depth >= STACK_DEPTH_MAX)
+        return false;
+    char path[PATH_MAX], v[64];
+    snprintf(path, sizeof path, "%s/dev/block/%u:%u/slaves", sys, major(dev), minor(dev));
+    DIR *dir = opendir(path);
+    if (!dir)
+        return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(dir))) {
+        char p2[PATH_MAX + 300];
+        dev_t slave;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p2, sizeof p2, "%s/%s/dev", path, e->d_name);
+        if (sys_read(p2, v, sizeof v) && parse_dev(v, &slave) && slave != dev)
+            found = on_disk(sys, d, slave, depth + 1);
+    }
+    closedir(dir);
+    return found;
+}
+
+static bool mount_matches(const struct disk_id *d, dev_t dev)
+{
+    return on_disk("/sys", d, dev, 0);
+}
+
+bool freeze_dev_on_disk(const char *sysroot, dev_t dev, dev_t disk)
+{
+    struct disk_id d = {.dev = disk};
+    return on_disk(sysroot, &d, dev, 0);
 }
 
 int freeze_find_mounts(const char *disk_path, struct freeze_mount **out, size_t *n,

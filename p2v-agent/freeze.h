@@ -29,12 +29,18 @@ struct freeze_mount {
 
 /* The file systems mounted from @disk_path and from its partitions: mountinfo entries
  * whose device is the disk's block device or one of its partitions (through
- * /sys/dev/block/MAJ:MIN), and, when @disk_path is an image file, loop devices whose
- * backing file is that file (any offset), and their partitions. A file system mounted at
+ * /sys/dev/block/MAJ:MIN), or a device stacked on them (device-mapper: LVM logical
+ * volumes, dm-crypt; md), followed down through sysfs "slaves"; and, when @disk_path is
+ * an image file, loop devices whose backing file is that file (any offset), and their
+ * partitions. A file system mounted at
  * several places (bind mounts) appears once, at its first mount point. *out is a heap
  * array (free()) of *n entries, NULL when none. 0 / -1 (mountinfo unreadable). */
 int freeze_find_mounts(const char *disk_path, struct freeze_mount **out, size_t *n,
                        struct p2v_err *err);
+
+/* The matching rule for a block device @dev and a disk @disk, reading sysfs under
+ * @sysroot ("/sys"; a test gives a tree of its own). */
+bool freeze_dev_on_disk(const char *sysroot, dev_t dev, dev_t disk);
 
 struct freeze_set;
 

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -357,6 +358,41 @@ static void test_agent_killed(const struct freeze_mount *m)
     ok(writable_within(T.mnt, 2), "its watchdog thawed: a write completes within 2 s");
 }
 
+/* A sysfs tree of our own (the host has no device-mapper or md to make real ones): a
+ * disk 8:0 with partition 8:2, a logical volume 253:0 on that partition, a dm-crypt
+ * device 253:1 on the LV, an LV 253:2 on another disk 8:16, and a loop of devices that
+ * point at each other. Checks the rule freeze_find_mounts applies to each mount. */
+static void test_stacked(void)
+{
+    char root[PATH_MAX + 8];
+    snprintf(root, sizeof root, "%s/sys", T.dir);
+    int r = sh("set -e; r='%s'; d=\"$r/devices\"; b=\"$r/dev/block\"; mkdir -p \"$b\"\n"
+               "mk() { mkdir -p \"$d/$1\"; echo \"$2\" > \"$d/$1/dev\"; "
+               "ln -s \"$d/$1\" \"$b/$2\"; }\n"
+               "mk sda 8:0; mk sda/sda2 8:2; touch \"$d/sda/sda2/partition\"; mk sdb 8:16\n"
+               "mk dm-0 253:0; mkdir \"$d/dm-0/slaves\"; ln -s \"$d/sda/sda2\" \"$d/dm-0/slaves/sda2\"\n"
+               "mk dm-1 253:1; mkdir \"$d/dm-1/slaves\"; ln -s \"$d/dm-0\" \"$d/dm-1/slaves/dm-0\"\n"
+               "mk dm-2 253:2; mkdir \"$d/dm-2/slaves\"; ln -s \"$d/sdb\" \"$d/dm-2/slaves/sdb\"\n"
+               "mk dm-3 253:3; mkdir \"$d/dm-3/slaves\"; mk dm-4 253:4; mkdir \"$d/dm-4/slaves\"\n"
+               "ln -s \"$d/dm-4\" \"$d/dm-3/slaves/dm-4\"; ln -s \"$d/dm-3\" \"$d/dm-4/slaves/dm-3\"\n",
+               root);
+    if (r != 0) {
+        skip(5, "cannot build a sysfs tree");
+        return;
+    }
+    const dev_t sda = makedev(8, 0), sdb = makedev(8, 16);
+    ok(freeze_dev_on_disk(root, makedev(8, 2), sda), "stacked: a partition is on its disk");
+    ok(freeze_dev_on_disk(root, makedev(253, 0), sda),
+       "stacked: a logical volume on the disk's partition is on the disk");
+    ok(freeze_dev_on_disk(root, makedev(253, 1), sda),
+       "stacked: dm-crypt on that logical volume is on the disk too");
+    ok(!freeze_dev_on_disk(root, makedev(253, 2), sda) &&
+           freeze_dev_on_disk(root, makedev(253, 2), sdb),
+       "stacked: a logical volume on another disk is not on this one");
+    ok(!freeze_dev_on_disk(root, makedev(253, 3), sda),
+       "stacked: devices that name each other end (depth bound), not on the disk");
+}
+
 static void test_refusal(void)
 {
     if (!have("ntfs-3g") || !have("mkntfs") || access("/dev/fuse", R_OK | W_OK) != 0) {
@@ -418,13 +454,14 @@ int main(void)
     alarm(GUARD_S);
 
     setup();
-    plan(26);
+    plan(31);
     test_find();
     struct freeze_mount m = the_mount();
     test_freeze(&m);
     test_bound(&m);
     test_agent_killed(&m);
     test_refusal();
+    test_stacked();
     cleanup();
     if (!ok(!T.mounted && !*T.loop, "cleaned up: unmounted and detached"))
         diag("  left: %s %s", T.mounted ? T.mnt : "", T.loop);
