@@ -32,6 +32,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -397,6 +398,20 @@ static void sleep_s(double secs)
     nanosleep(&ts, NULL); /* SIGUSR1 cuts it short: the caller looks at the flag */
 }
 
+/* The agent's console: on a terminal, a line starting with "c" ("cutover") asks for the
+ * cutover. */
+static bool console_asks(void)
+{
+    if (!isatty(STDIN_FILENO))
+        return false;
+    struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+        return false;
+    char line[64];
+    ssize_t n = read(STDIN_FILENO, line, sizeof line - 1);
+    return n > 0 && (line[0] == 'c' || line[0] == 'C');
+}
+
 /* --continuous: wait until the next pass is due, with heartbeats that carry the
  * operator's cutover request back. 0 / -1. */
 static int wait_next(struct sess *s, bool *cutover)
@@ -407,8 +422,11 @@ static int wait_next(struct sess *s, bool *cutover)
         if (now >= due)
             break;
         double beat = P2V_MIN(now + LIVE_HEARTBEAT_S, due);
-        while (!cutover_signal && (now = p2v_now()) < beat)
+        while (!cutover_signal && (now = p2v_now()) < beat) {
             sleep_s(P2V_MIN(0.2, beat - now));
+            if (console_asks())
+                cutover_signal = 1;
+        }
         if (cutover_signal)
             break;
         if (p2v_proto_put_pass(&s->out, 0, P2V_PASS_IDLE, 0, 0, 0, 0) < 0)
@@ -533,6 +551,11 @@ int live_session(struct sess *s)
             goto out;
     if (pass_end(s, P2V_PASS_COPY, t0, 0, &cut) < 0)
         goto out;
+    if (a->o.continuous)
+        p2v_info("keeping job %s in sync, a pass every %u s; cut over with 'p2v-server "
+                 "cutover --store DIR %s', 'kill -USR1 %d'%s",
+                 a->job, a->o.continuous, a->job, (int)getpid(),
+                 isatty(STDIN_FILENO) ? ", or by typing cutover here" : "");
     for (unsigned deltas = 0;;) {
         if (a->o.continuous) {
             if (wait_next(s, &cut) < 0)
