@@ -45,8 +45,10 @@ ok "the reason quotes the initramfs" grep -q 'ALERT' "$work/plain.json"
 
 verify hung "$injected" --timeout 5 --memory 512 --expect 'NEVER-SHOWN-[0-9]{9}'
 is "$rc" 16 "a guest that never shows the pattern: timeout"
-ok "the timeout verdict came within 6 s (${secs} s)" \
-    python3 -c "import sys; sys.exit(0 if $secs <= 6.0 else 1)"
+# the verdict at the 5 s timeout, not at the guest's end: within 8 s from the start of
+# p2v-vmm (a CI run with the sanitizer build compiling beside it saw 6.05 s)
+ok "the timeout verdict came within 8 s (${secs} s)" \
+    python3 -c "import sys; sys.exit(0 if $secs <= 8.0 else 1)"
 
 qemu-img convert -O qcow2 "$injected" "$work/mini.qcow2"
 sum_q=$(sha256sum <"$work/mini.qcow2")
