@@ -111,6 +111,7 @@ ok "the report says the copy is consistent by freeze" grep -q '"consistency":"fr
 ok "the writer wrote files during the capture" sh -c "[ \$(grep -c '^file' '$work/w1.log') -gt 20 ]"
 ok "the image is clean and holds every write fsync'd before the freeze" \
     check_image live1 w1 "$(frozen_at "$work/live1.ev")"
+diag "$(head -1 "$work/live1.check")"
 ok "the server logged the passes and the freeze window" \
     grep -q "frozen for" "$store/jobs/live1/job.log"
 
@@ -171,6 +172,7 @@ stop_writer w3
 is "$?" 0 "the writer saw no error"
 ok "the continuous image holds every write fsync'd before the freeze" \
     check_image cont w3 "$(frozen_at "$work/cont.ev")"
+diag "$(head -1 "$work/cont.check")"
 
 # ---- --continuous, the cutover asked on the agent's console (SIGUSR1)
 "$AGENT" --server "127.0.0.1:$PORT" --fingerprint "$FP" --token "$TOKEN" --progress none \
