@@ -12,6 +12,16 @@ srv=$(p2v_bin p2v-server)
 work=$(tmpdir)
 plan 9
 
+# The script takes KVM whenever /dev/kvm opens; where /dev/kvm is a slow software layer
+# (some of these machines) a boot there takes many minutes. Ask p2v-vmm calibrate, as
+# p2v-vmm's engine auto does, and use the script's own switch for TCG when it is slow.
+engine=$("$(p2v_bin p2v-vmm)" calibrate --json 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin).get("engine", ""))' 2>/dev/null)
+if [ "$engine" != kvm ]; then
+    export P2V_QEMU_ACCEL=tcg
+    diag "/dev/kvm missing or slow (calibrate: ${engine:-no answer}): P2V_QEMU_ACCEL=tcg"
+fi
+
 # boot_script SCRIPT LOG TIMEOUT PATTERN: run SCRIPT (stdin /dev/null, stdout+stderr to
 # LOG) until PATTERN or "ALERT!" shows in LOG or TIMEOUT seconds pass; stop QEMU (the
 # script execs it, so its pid is QEMU's). 0 when PATTERN showed.
