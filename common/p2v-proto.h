@@ -247,6 +247,8 @@ int p2v_proto_put_pass_ok(struct p2v_buf *out, uint8_t flags);
 int p2v_proto_put_error(struct p2v_buf *out, uint16_t code, const char *text);
 
 const char *p2v_proto_type_name(uint8_t type);
+/* "idle", "copy", "delta", "final" (enum p2v_pass_phase), "unknown" otherwise. */
+const char *p2v_proto_pass_phase_name(uint8_t phase);
 const char *p2v_proto_err_name(uint16_t code);
 /* True for error codes after which a later retry may succeed. */
 bool p2v_proto_err_retryable(uint16_t code);

@@ -61,6 +61,17 @@ const char *p2v_proto_type_name(uint8_t type)
     }
 }
 
+const char *p2v_proto_pass_phase_name(uint8_t phase)
+{
+    switch (phase) {
+    case P2V_PASS_IDLE: return "idle";
+    case P2V_PASS_COPY: return "copy";
+    case P2V_PASS_DELTA: return "delta";
+    case P2V_PASS_FINAL: return "final";
+    default: return "unknown";
+    }
+}
+
 const char *p2v_proto_err_name(uint16_t code)
 {
     switch (code) {

@@ -54,16 +54,6 @@ static void on_sigusr1(int sig)
     cutover_signal = 1;
 }
 
-static const char *phase_name(uint8_t phase)
-{
-    switch (phase) {
-    case P2V_PASS_COPY: return "copy";
-    case P2V_PASS_DELTA: return "delta";
-    case P2V_PASS_FINAL: return "final";
-    default: return "idle";
-    }
-}
-
 /* ------------------------------------------------------------------ mounts */
 
 static bool type_freezable(const char *fstype)
@@ -154,7 +144,7 @@ void agent_live_json(const struct agent *a, struct p2v_json *j)
         const struct agent_pass *p = &lv->passes[k];
         p2v_json_object_begin(j);
         p2v_json_kv_u64(j, "pass", p->pass);
-        p2v_json_kv_string(j, "phase", phase_name(p->phase));
+        p2v_json_kv_string(j, "phase", p2v_proto_pass_phase_name(p->phase));
         p2v_json_kv_u64(j, "bytes-read", p->bytes_read);
         p2v_json_kv_u64(j, "bytes-sent", p->bytes_sent);
         p2v_json_kv_double(j, "seconds", p->secs);
@@ -191,14 +181,14 @@ static int pass_end(struct sess *s, uint8_t phase, double t0, double freeze_s, b
     size_t slot = lv->npasses < P2V_ARRAY_SIZE(lv->passes) ? lv->npasses++ : lv->npasses - 1;
     lv->passes[slot] = (struct agent_pass){lv->pass, phase, s->pass_read, s->pass_sent, secs};
     char r[32], t[32];
-    p2v_info("live pass %u (%s): read %s, sent %s in %.2f s%s", lv->pass, phase_name(phase),
+    p2v_info("live pass %u (%s): read %s, sent %s in %.2f s%s", lv->pass, p2v_proto_pass_phase_name(phase),
              p2v_format_size(s->pass_read, r, sizeof r),
              p2v_format_size(s->pass_sent, t, sizeof t), secs,
              phase == P2V_PASS_FINAL ? " (under the freeze)" : "");
     struct agent_event e;
     agent_event_begin(&e, "pass");
     p2v_json_kv_u64(&e.j, "pass", lv->pass);
-    p2v_json_kv_string(&e.j, "phase", phase_name(phase));
+    p2v_json_kv_string(&e.j, "phase", p2v_proto_pass_phase_name(phase));
     p2v_json_kv_u64(&e.j, "bytes-read", s->pass_read);
     p2v_json_kv_u64(&e.j, "bytes-sent", s->pass_sent);
     p2v_json_kv_double(&e.j, "seconds", secs);

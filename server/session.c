@@ -616,10 +616,7 @@ static int on_pass(struct srv_session *s, const struct p2v_msg *m)
         job->live.synced_ms = now_ms > m->u.pass.duration_ms ? now_ms - m->u.pass.duration_ms
                                                              : 0;
         srv_job_log(job, "live pass %u (%s): %llu bytes read, %llu sent, %u ms",
-                    m->u.pass.pass,
-                    m->u.pass.phase == P2V_PASS_COPY    ? "copy"
-                    : m->u.pass.phase == P2V_PASS_DELTA ? "delta"
-                                                        : "final, under the freeze",
+                    m->u.pass.pass, p2v_proto_pass_phase_name(m->u.pass.phase),
                     (unsigned long long)m->u.pass.bytes_read,
                     (unsigned long long)m->u.pass.bytes_sent, m->u.pass.duration_ms);
         if (m->u.pass.freeze_ms)

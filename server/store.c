@@ -600,11 +600,10 @@ int srv_job_to_json(const struct srv_job *job, struct p2v_buf *out)
     p2v_json_kv_string(&j, "serial-log", job->has_serial_log ? "verify/serial.log" : NULL);
     p2v_json_kv_u64(&j, "changes", job->changes);
     if (job->live.pass) {
-        static const char *const phases[] = {"idle", "copy", "delta", "final"};
         p2v_json_key(&j, "live");
         p2v_json_object_begin(&j);
         p2v_json_kv_u64(&j, "pass", job->live.pass);
-        p2v_json_kv_string(&j, "phase", phases[job->live.phase & 3]);
+        p2v_json_kv_string(&j, "phase", p2v_proto_pass_phase_name(job->live.phase));
         p2v_json_kv_u64(&j, "bytes-read", job->live.bytes_read);
         p2v_json_kv_u64(&j, "bytes-sent", job->live.bytes_sent);
         p2v_json_kv_u64(&j, "duration-ms", job->live.duration_ms);

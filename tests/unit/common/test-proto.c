@@ -639,6 +639,8 @@ static void test_names_and_hash(void)
     is_str(p2v_proto_type_name(P2V_MSG_DISK_END), "DISK_END", "type name");
     is_str(p2v_proto_type_name(0x42), "unknown", "unknown type name");
     is_str(p2v_proto_err_name(P2V_E_NOSPACE), "NOSPACE", "error name");
+    is_str(p2v_proto_pass_phase_name(P2V_PASS_FINAL), "final", "pass phase name");
+    is_str(p2v_proto_pass_phase_name(9), "unknown", "unknown pass phase name");
     ok(p2v_proto_err_retryable(P2V_E_BUSY) && p2v_proto_err_retryable(P2V_E_SHUTDOWN) &&
            p2v_proto_err_retryable(P2V_E_NOSPACE) && p2v_proto_err_retryable(P2V_E_INTERNAL),
        "retryable codes");
