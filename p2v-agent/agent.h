@@ -61,6 +61,11 @@ struct agent_opts {
     double freeze_timeout;        /* --freeze-timeout: the watchdog's bound, seconds */
     unsigned max_passes;          /* --max-passes: delta passes before the cutover */
     bool force;                   /* --force: capture mounted writable file systems anyway */
+    enum agent_snapshot {
+        AGENT_SNAPSHOT_AUTO,      /* an LVM snapshot when one volume is mounted writable */
+        AGENT_SNAPSHOT_LVM,       /* a snapshot of every writable LVM volume */
+        AGENT_SNAPSHOT_NONE,      /* FIFREEZE only */
+    } snapshot;                   /* --snapshot */
 };
 
 struct agent_disk {
@@ -125,6 +130,7 @@ struct agent {
         double freeze_window;     /* the cutover's, seconds (< 0: none yet) */
         double frozen_at;         /* wall clock, when the freeze began */
         unsigned freeze_attempts;
+        bool snapshot;            /* the cutover took LVM snapshots (snap.c) */
     } lv;
 };
 

@@ -41,6 +41,7 @@
 
 #include "agent.h"
 #include "session.h"
+#include "snap.h"
 
 #define LIVE_CONVERGED (32ull << 20) /* a delta pass this small ends the sync */
 #define LIVE_HEARTBEAT_S 5.0         /* --continuous: PASS heartbeats while waiting */
@@ -124,6 +125,7 @@ void agent_live_json(const struct agent *a, struct p2v_json *j)
     p2v_json_object_begin(j);
     p2v_json_kv_string(j, "consistency",
                        a->crash_inconsistent ? "crash-inconsistent"
+                       : lv->freeze_window >= 0 && lv->snapshot ? "snapshot"
                        : lv->freeze_window >= 0 ? "frozen"
                        : a->o.live && a->nmounts == 0 ? "unmounted"
                                                       : NULL);
@@ -184,7 +186,9 @@ static int pass_end(struct sess *s, uint8_t phase, double t0, double freeze_s, b
     p2v_info("live pass %u (%s): read %s, sent %s in %.2f s%s", lv->pass, p2v_proto_pass_phase_name(phase),
              p2v_format_size(s->pass_read, r, sizeof r),
              p2v_format_size(s->pass_sent, t, sizeof t), secs,
-             phase == P2V_PASS_FINAL ? " (under the freeze)" : "");
+             phase != P2V_PASS_FINAL ? ""
+             : lv->snapshot        ? " (from the snapshot)"
+                                   : " (under the freeze)");
     struct agent_event e;
     agent_event_begin(&e, "pass");
     p2v_json_kv_u64(&e.j, "pass", lv->pass);
@@ -227,20 +231,30 @@ static void pipeline_done(struct sess *s, uint32_t i, struct imager_pipeline *pl
     imager_pipeline_free(pl);
 }
 
-/* Read, compress and send the chunks of @ext[n] of disk @i. 0 / -1. */
-static int send_ranges(struct sess *s, uint32_t i, const struct imager_extent *ext, size_t n)
+/* What to do with each chunk a pipeline hands out (in disk coordinates). */
+typedef int (*chunk_fn)(struct sess *s, uint32_t i, const struct imager_chunk *c, void *ctx);
+
+/* Read @ext[n] (in @fd's coordinates: disk offset x is read at x - @poff + @psrc) through
+ * one pipeline, hashing, and compressing when @compress, and hand each chunk to @fn in
+ * disk coordinates. 0 / -1. */
+static int run_pipeline(struct sess *s, uint32_t i, int fd, uint64_t size, uint64_t poff,
+                        uint64_t psrc, const struct imager_extent *ext, size_t n,
+                        bool compress, chunk_fn fn, void *ctx)
 {
     struct agent *a = s->a;
-    struct agent_disk *d = &a->disks[i];
     struct p2v_err err = {0};
     if (n == 0)
         return 0;
     struct imager_pipeline_opts po;
-    agent_pipeline_opts(a, d, CHUNK_SIZE, &po);
+    agent_pipeline_opts(a, &a->disks[i], CHUNK_SIZE, &po);
+    po.fd = fd;
+    po.disk_size = size;
     po.ext = ext;
     po.count = n;
     po.hash = (enum imager_hash)s->hash_algo;
-    po.zstd_level = a->o.compress_auto ? agent_adapt_current(&a->adapt) : a->o.compress_level;
+    if (compress)
+        po.zstd_level =
+            a->o.compress_auto ? agent_adapt_current(&a->adapt) : a->o.compress_level;
     struct imager_pipeline *pl = imager_pipeline_start(&po, &err);
     if (!pl)
         return read_failed(s, &err);
@@ -256,11 +270,83 @@ static int send_ranges(struct sess *s, uint32_t i, const struct imager_extent *e
             ret = 0;
             break;
         }
-        if (sess_send_chunk(s, i, &c) < 0 || sess_drain(s) < 0)
+        c.off = c.off - psrc + poff;
+        if (fn(s, i, &c, ctx) < 0)
             break;
     }
     pipeline_done(s, i, pl);
     return ret;
+}
+
+/* Read @ext[n] of disk @i (sorted) from where this pass reads them: the disk, or, in a
+ * cutover with LVM snapshots (@ss), each range from its snap_piece (a snapshot, the saved
+ * metadata, or nowhere). 0 / -1. */
+static int read_mapped(struct sess *s, uint32_t i, const struct imager_extent *ext, size_t n,
+                       const struct snap_set *ss, bool compress, chunk_fn fn, void *ctx)
+{
+    struct agent_disk *d = &s->a->disks[i];
+    size_t np;
+    const struct snap_piece *pc = snap_pieces(ss, i, &np);
+    if (np == 0)
+        return run_pipeline(s, i, d->fd, d->info->size, 0, 0, ext, n, compress, fn, ctx);
+    struct imager_extent *sub = calloc(n + 2 * np + 1, sizeof *sub);
+    if (!sub)
+        return sess_set(s, SESS_FAIL, "internal", "out of memory");
+    size_t ns = 0, k = 0;
+    long cur = -1; /* the group's piece, -1: the disk */
+    int ret = 0;
+#define FLUSH_GROUP()                                                                      \
+    do {                                                                                   \
+        if (ns && ret == 0)                                                                \
+            ret = cur < 0 ? run_pipeline(s, i, d->fd, d->info->size, 0, 0, sub, ns,        \
+                                         compress, fn, ctx)                                \
+                          : run_pipeline(s, i, pc[cur].fd, pc[cur].src_size, pc[cur].off,  \
+                                         pc[cur].src, sub, ns, compress, fn, ctx);         \
+        ns = 0;                                                                            \
+    } while (0)
+    for (size_t e = 0; e < n && ret == 0; e++) {
+        uint64_t pos = ext[e].off, end = ext[e].off + ext[e].len;
+        while (pos < end && ret == 0) {
+            while (k < np && pc[k].off + pc[k].len <= pos)
+                k++;
+            long src;
+            uint64_t send;
+            if (k < np && pc[k].off <= pos) {
+                src = (long)k;
+                send = P2V_MIN(end, pc[k].off + pc[k].len);
+            } else {
+                src = -1;
+                send = k < np ? P2V_MIN(end, pc[k].off) : end;
+            }
+            if (src != cur) {
+                FLUSH_GROUP();
+                cur = src;
+            }
+            if (src < 0)
+                sub[ns++] = (struct imager_extent){pos, send - pos};
+            else if (pc[src].fd >= 0)
+                sub[ns++] = (struct imager_extent){pos - pc[src].off + pc[src].src, send - pos};
+            /* fd -1: not read (the snapshot's copy-on-write space) */
+            pos = send;
+        }
+    }
+    FLUSH_GROUP();
+#undef FLUSH_GROUP
+    free(sub);
+    return ret;
+}
+
+static int send_chunk(struct sess *s, uint32_t i, const struct imager_chunk *c, void *ctx)
+{
+    (void)ctx;
+    return sess_send_chunk(s, i, c) < 0 || sess_drain(s) < 0 ? -1 : 0;
+}
+
+/* Read, compress and send the chunks of @ext[n] of disk @i. 0 / -1. */
+static int send_ranges(struct sess *s, uint32_t i, const struct imager_extent *ext, size_t n,
+                       const struct snap_set *ss)
+{
+    return read_mapped(s, i, ext, n, ss, true, send_chunk, NULL);
 }
 
 /* One HASHES batch and the answer: send the chunks the server wants. */
@@ -271,6 +357,10 @@ struct hash_batch {
     uint32_t n;
     struct p2v_range want[P2V_PROTO_HASHES_MAX];
     struct imager_extent ext[P2V_PROTO_HASHES_MAX];
+    const struct snap_set *ss;  /* the cutover's snapshots, or NULL */
+    const uint8_t *zeros;       /* CHUNK_SIZE zero bytes */
+    uint8_t zhash[P2V_PROTO_HASH_LEN];
+    uint32_t zhash_len;
 };
 
 static int flush_batch(struct sess *s, uint32_t i, struct hash_batch *b, bool more)
@@ -302,13 +392,33 @@ static int flush_batch(struct sess *s, uint32_t i, struct hash_batch *b, bool mo
         b->ext[k] = (struct imager_extent){r.off, r.len};
     }
     b->n = 0;
-    return send_ranges(s, i, b->ext, cnt);
+    return send_ranges(s, i, b->ext, cnt, b->ss);
+}
+
+static int hash_chunk(struct sess *s, uint32_t i, const struct imager_chunk *c, void *ctx)
+{
+    struct hash_batch *b = ctx;
+    b->offs[b->n] = c->off;
+    b->lens[b->n] = c->len;
+    if (c->zero) {
+        /* the journal matches a ZERO record against the hash of zeros */
+        if (b->zhash_len != c->len) {
+            if (p2v_hash((enum p2v_hash_algo)s->hash_algo, b->zeros, c->len, b->zhash) < 0)
+                return sess_set(s, SESS_FAIL, "internal", "cannot hash");
+            b->zhash_len = c->len;
+        }
+        memcpy(b->hashes[b->n], b->zhash, sizeof b->zhash);
+    } else {
+        memcpy(b->hashes[b->n], c->hash, sizeof c->hash);
+    }
+    if (++b->n == P2V_PROTO_HASHES_MAX)
+        return flush_batch(s, i, b, true);
+    return 0;
 }
 
 /* A delta pass over disk @i: plan again, hash every planned chunk, send what the server's
  * journal does not match. 0 / -1. */
-static int delta_disk(struct sess *s, uint32_t i, struct hash_batch *b, const uint8_t *zeros,
-                      bool frozen)
+static int delta_disk(struct sess *s, uint32_t i, struct hash_batch *b, bool frozen)
 {
     struct agent *a = s->a;
     struct agent_disk *d = &a->disks[i];
@@ -323,59 +433,25 @@ static int delta_disk(struct sess *s, uint32_t i, struct hash_batch *b, const ui
         (void)posix_fadvise(cfd, 0, 0, POSIX_FADV_DONTNEED);
         close(cfd);
     }
-    unsigned pf = (a->o.all_blocks ? IMAGER_PLAN_ALL_BLOCKS : 0) | (frozen ? 0 : IMAGER_PLAN_LIVE);
+    /* with snapshots, the origin volumes stay live */
+    bool exact = frozen && !b->ss;
+    unsigned pf = (a->o.all_blocks ? IMAGER_PLAN_ALL_BLOCKS : 0) | (exact ? 0 : IMAGER_PLAN_LIVE);
     if (imager_plan_flags(d->info, pf, &plan, &err) < 0)
         return sess_set(s, SESS_FAIL, "plan", "planning disk '%s' again: %s", d->path, err.msg);
     imager_plan_release(&d->plan);
     d->plan = plan;
 
-    struct imager_pipeline_opts po;
-    agent_pipeline_opts(a, d, CHUNK_SIZE, &po);
-    po.hash = (enum imager_hash)s->hash_algo; /* no compression: what is wanted is read again */
-    struct imager_pipeline *pl = imager_pipeline_start(&po, &err);
-    if (!pl)
-        return read_failed(s, &err);
-    uint8_t zhash[P2V_PROTO_HASH_LEN];
-    uint32_t zhash_len = 0;
-    int ret = -1;
+    /* hashes only: what is wanted is read again, compressed */
     b->n = 0;
-    for (;;) {
-        struct imager_chunk c;
-        int r = imager_pipeline_next(pl, &c, &err);
-        if (r < 0) {
-            read_failed(s, &err);
-            break;
-        }
-        if (r == 0) {
-            ret = b->n ? flush_batch(s, i, b, false) : 0;
-            break;
-        }
-        b->offs[b->n] = c.off;
-        b->lens[b->n] = c.len;
-        if (c.zero) {
-            /* the journal matches a ZERO record against the hash of zeros */
-            if (zhash_len != c.len) {
-                if (p2v_hash((enum p2v_hash_algo)s->hash_algo, zeros, c.len, zhash) < 0) {
-                    sess_set(s, SESS_FAIL, "internal", "cannot hash");
-                    break;
-                }
-                zhash_len = c.len;
-            }
-            memcpy(b->hashes[b->n], zhash, sizeof zhash);
-        } else {
-            memcpy(b->hashes[b->n], c.hash, sizeof c.hash);
-        }
-        if (++b->n == P2V_PROTO_HASHES_MAX && flush_batch(s, i, b, true) < 0)
-            break;
-    }
-    pipeline_done(s, i, pl);
-    return ret;
+    if (read_mapped(s, i, d->plan.ext, d->plan.count, b->ss, false, hash_chunk, b) < 0)
+        return -1;
+    return b->n ? flush_batch(s, i, b, false) : 0;
 }
 
-static int delta_pass(struct sess *s, struct hash_batch *b, const uint8_t *zeros, bool frozen)
+static int delta_pass(struct sess *s, struct hash_batch *b, bool frozen)
 {
     for (uint32_t i = 0; i < s->a->ndisks; i++)
-        if (delta_disk(s, i, b, zeros, frozen) < 0)
+        if (delta_disk(s, i, b, frozen) < 0)
             return -1;
     return 0;
 }
@@ -444,13 +520,83 @@ static size_t writable_mounts(const struct agent *a, struct freeze_mount **out)
     return n;
 }
 
-static int cutover(struct sess *s, struct hash_batch *b, const uint8_t *zeros)
+/* Which writable mounts an LVM snapshot takes (*lvdev, *nlv) and which are frozen (*fz,
+ * *nfz: a heap array). --snapshot auto takes a snapshot when exactly one of them is on an
+ * LVM volume (several snapshots would each be their own instant, where one freeze of all is
+ * one instant); --snapshot lvm takes one of each; --snapshot none freezes them all. */
+static int split_mounts(const struct agent *a, const struct freeze_mount *fm, size_t nfm,
+                        dev_t *lvdev, size_t *nlv, struct freeze_mount **fz, size_t *nfz)
+{
+    *nlv = *nfz = 0;
+    *fz = calloc(nfm ? nfm : 1, sizeof **fz);
+    if (!*fz)
+        return -1;
+    for (size_t k = 0; k < nfm; k++) {
+        char vg[128], lv[128];
+        if (a->o.snapshot != AGENT_SNAPSHOT_NONE && *nlv < SNAP_MAX_LV &&
+            snap_is_lv("/sys", fm[k].dev, vg, sizeof vg, lv, sizeof lv))
+            lvdev[(*nlv)++] = fm[k].dev;
+        else
+            (*fz)[(*nfz)++] = fm[k];
+    }
+    if (*nlv > 1 && a->o.snapshot == AGENT_SNAPSHOT_AUTO) {
+        p2v_info("%zu LVM volumes are mounted writable: they are frozen together, for one "
+                 "instant (--snapshot lvm: a snapshot of each, each at its own instant)",
+                 *nlv);
+        *nlv = 0;
+    }
+    if (*nlv == 0) {
+        memcpy(*fz, fm, nfm * sizeof *fm);
+        *nfz = nfm;
+    }
+    if (a->o.snapshot == AGENT_SNAPSHOT_LVM && *nlv == 0 && nfm)
+        p2v_warn("--snapshot lvm: no writable file system of the disks is on an LVM logical "
+                 "volume; it is frozen instead");
+    return 0;
+}
+
+static void cutover_event(struct agent *a, const struct freeze_mount *fz, size_t nfz,
+                          const struct snap_set *ss, unsigned attempt, double window)
+{
+    struct agent_event e;
+    agent_event_begin(&e, "cutover");
+    p2v_json_kv_string(&e.j, "method", ss ? "lvm-snapshot" : "freeze");
+    p2v_json_kv_double(&e.j, "frozen-at", a->lv.frozen_at);
+    p2v_json_kv_double(&e.j, "freeze-window", window);
+    p2v_json_kv_u64(&e.j, "attempt", attempt);
+    p2v_json_key(&e.j, "mounts");
+    p2v_json_array_begin(&e.j);
+    for (size_t k = 0; k < nfz; k++)
+        p2v_json_string(&e.j, fz[k].target);
+    p2v_json_array_end(&e.j);
+    if (ss) {
+        p2v_json_key(&e.j, "snapshots");
+        p2v_json_array_begin(&e.j);
+        for (size_t k = 0; k < ss->nlv; k++) {
+            p2v_json_object_begin(&e.j);
+            char v[300];
+            snprintf(v, sizeof v, "%s/%s", ss->lv[k].vg, ss->lv[k].lv);
+            p2v_json_kv_string(&e.j, "volume", v);
+            p2v_json_kv_string(&e.j, "snapshot", ss->lv[k].snap);
+            p2v_json_kv_double(&e.j, "lvcreate-seconds", ss->lv[k].create_s);
+            p2v_json_object_end(&e.j);
+        }
+        p2v_json_array_end(&e.j);
+    }
+    agent_event_end(a, &e);
+}
+
+static int cutover(struct sess *s, struct hash_batch *b)
 {
     struct agent *a = s->a;
-    struct freeze_mount *fm = NULL;
-    size_t nfm = writable_mounts(a, &fm);
-    if (!fm)
+    struct freeze_mount *fm = NULL, *fz = NULL;
+    size_t nfm = writable_mounts(a, &fm), nfz = 0, nlv = 0;
+    dev_t lvdev[SNAP_MAX_LV];
+    struct snap_set *ss = NULL;
+    if (!fm || split_mounts(a, fm, nfm, lvdev, &nlv, &fz, &nfz) < 0) {
+        free(fm);
         return sess_set(s, SESS_FAIL, "internal", "out of memory");
+    }
     char why[P2V_ERR_MSG_MAX] = "";
     int ret = -1;
     for (unsigned attempt = 1; attempt <= LIVE_FREEZE_ATTEMPTS; attempt++) {
@@ -459,54 +605,86 @@ static int cutover(struct sess *s, struct hash_batch *b, const uint8_t *zeros)
         double t0;
         bool cut;
         a->lv.freeze_attempts = attempt;
-        if (nfm) {
-            f = freeze_begin(fm, nfm, a->o.freeze_timeout, &err);
+        if (nfz) {
+            f = freeze_begin(fz, nfz, a->o.freeze_timeout, &err);
             if (!f) {
                 sess_set(s, SESS_FAIL, "freeze", "cannot freeze for the cutover: %s", err.msg);
                 goto out;
             }
             a->lv.frozen_at = p2v_wall_now();
-            p2v_info("frozen: %zu file system%s (attempt %u); the final pass runs", nfm,
-                     nfm == 1 ? "" : "s", attempt);
+            p2v_info("frozen: %zu file system%s (attempt %u); the final pass runs", nfz,
+                     nfz == 1 ? "" : "s", attempt);
             /* a test hook: hold the freeze, so that a test can kill the agent inside it */
             const char *hold = getenv("P2V_AGENT_FREEZE_HOLD_MS");
             if (hold)
                 sleep_s(atof(hold) / 1000);
         }
+        if (nlv) {
+            ss = calloc(1, sizeof *ss);
+            if (!ss) {
+                freeze_end(f, &(double){0}, &err);
+                sess_set(s, SESS_FAIL, "internal", "out of memory");
+                goto out;
+            }
+            if (snap_take(a, lvdev, nlv, ss, &err) < 0) {
+                p2v_warn("cannot take an LVM snapshot for the cutover (%s): the file "
+                         "systems are frozen instead", err.msg);
+                free(ss);
+                ss = NULL;
+                struct p2v_err e2 = {0};
+                if (freeze_end(f, &(double){0}, &e2) < 0)
+                    p2v_warn("%s", e2.msg);
+                memcpy(fz, fm, nfm * sizeof *fm);
+                nfz = nfm;
+                nlv = 0;
+                attempt--;
+                continue;
+            }
+            if (!nfz)
+                a->lv.frozen_at = ss->taken_at;
+            p2v_info("snapshot%s of %zu LVM volume%s taken (lvcreate %.3f s); the final pass "
+                     "reads %s", nlv == 1 ? "" : "s", nlv, nlv == 1 ? "" : "s", ss->window,
+                     nlv == 1 ? "it" : "them");
+            b->ss = ss;
+        }
         pass_begin(s, &t0);
-        int r = delta_pass(s, b, zeros, nfm > 0);
+        int r = delta_pass(s, b, nfz > 0 || ss);
         double window = 0;
         int fr = freeze_end(f, &window, &err);
+        if (ss) {
+            struct p2v_err e2 = {0};
+            b->ss = NULL;
+            if (snap_drop(ss, &e2) < 0)
+                p2v_warn("%s", e2.msg);
+        }
         if (r < 0)
-            goto out; /* thawed; s->rc says why the pass failed */
+            goto out; /* thawed, snapshots removed; s->rc says why the pass failed */
         if (fr < 0) {
             snprintf(why, sizeof why, "%s", err.msg);
             p2v_warn("cutover attempt %u: %s; one more delta pass, then again", attempt,
                      err.msg);
+            free(ss);
+            ss = NULL;
             if (pass_end(s, P2V_PASS_DELTA, t0, 0, &cut) < 0)
                 goto out;
             continue;
         }
-        if (!nfm)
+        if (!nfz)
             window = 0;
+        if (ss)
+            window = P2V_MAX(window, ss->window);
         a->lv.freeze_window = window;
-        if (nfm) {
-            p2v_info("cutover: %zu file system%s frozen for %.3f s", nfm, nfm == 1 ? "" : "s",
+        a->lv.snapshot = ss != NULL;
+        if (ss)
+            p2v_info("cutover: LVM snapshot (longest lvcreate %.3f s)%s", ss->window,
+                     nfz ? ", and the other file systems frozen" : "");
+        if (nfz)
+            p2v_info("cutover: %zu file system%s frozen for %.3f s", nfz, nfz == 1 ? "" : "s",
                      window);
-            struct agent_event e;
-            agent_event_begin(&e, "cutover");
-            p2v_json_kv_double(&e.j, "frozen-at", a->lv.frozen_at);
-            p2v_json_kv_double(&e.j, "freeze-window", window);
-            p2v_json_kv_u64(&e.j, "attempt", attempt);
-            p2v_json_key(&e.j, "mounts");
-            p2v_json_array_begin(&e.j);
-            for (size_t k = 0; k < nfm; k++)
-                p2v_json_string(&e.j, fm[k].target);
-            p2v_json_array_end(&e.j);
-            agent_event_end(a, &e);
-        } else {
+        if (nfz || ss)
+            cutover_event(a, fz, nfz, ss, attempt, window);
+        else
             p2v_info("cutover: nothing of the disks is mounted writable; no freeze needed");
-        }
         ret = pass_end(s, P2V_PASS_FINAL, t0, window, &cut);
         goto out;
     }
@@ -515,7 +693,9 @@ static int cutover(struct sess *s, struct hash_batch *b, const uint8_t *zeros)
              "final pass reads every used block under the freeze; raise --freeze-timeout",
              a->o.freeze_timeout, LIVE_FREEZE_ATTEMPTS, why);
 out:
+    free(ss);
     free(fm);
+    free(fz);
     return ret;
 }
 
@@ -533,6 +713,7 @@ int live_session(struct sess *s)
         sess_set(s, SESS_FAIL, "internal", "out of memory");
         goto out;
     }
+    b->zeros = zeros;
     double t0;
     bool cut = false;
     pass_begin(s, &t0);
@@ -556,7 +737,7 @@ int live_session(struct sess *s)
         if (cut || cutover_signal)
             break;
         pass_begin(s, &t0);
-        if (delta_pass(s, b, zeros, false) < 0)
+        if (delta_pass(s, b, false) < 0)
             goto out;
         deltas++;
         if (pass_end(s, P2V_PASS_DELTA, t0, 0, &cut) < 0)
@@ -564,7 +745,7 @@ int live_session(struct sess *s)
         if (!a->o.continuous && s->pass_sent <= LIVE_CONVERGED)
             break;
     }
-    if (cutover(s, b, zeros) < 0)
+    if (cutover(s, b) < 0)
         goto out;
     for (uint32_t i = 0; i < a->ndisks; i++)
         if (sess_disk_end(s, i) < 0)

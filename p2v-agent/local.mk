@@ -13,7 +13,9 @@ p2v_agent_p2v_agent_SOURCES = \
 	p2v-agent/remote.c \
 	p2v-agent/freeze.h \
 	p2v-agent/freeze.c \
-	p2v-agent/live.c
+	p2v-agent/live.c \
+	p2v-agent/snap.h \
+	p2v-agent/snap.c
 p2v_agent_p2v_agent_LDADD = $(IMAGER_LIBS)
 dist_man_MANS += docs/man/p2v-agent.1
 

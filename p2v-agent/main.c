@@ -28,7 +28,7 @@ static void usage(FILE *fp)
             "                 [--hash auto|sha256|blake2b] [--threads N]\n"
             "                 [--progress auto|bar|lines|json|none] [--json] [--report FILE]\n"
             "                 [--live [--continuous SECS] [--freeze-timeout SECS]\n"
-            "                 [--max-passes N]] [--force] [-v] [-q]\n"
+            "                 [--max-passes N] [--snapshot MODE]] [--force] [-v] [-q]\n"
             "       p2v-agent --output FILE [--format qcow2|vmdk|raw] [--subformat SUB]\n"
             "                 --disk DEV [--all-blocks] [--skip-bad-sectors] [--threads N]\n"
             "                 [--progress MODE] [--json] [--report FILE]\n"
@@ -66,6 +66,10 @@ static void usage(FILE *fp)
             "                          asks for the cutover\n"
             "  --freeze-timeout SECS   the watchdog thaws after SECS (default 10)\n"
             "  --max-passes N          delta passes before the cutover at most (default 8)\n"
+            "  --snapshot MODE         with --live, at the cutover: auto (an LVM snapshot\n"
+            "                          when one LVM volume is mounted writable, else\n"
+            "                          freeze), lvm (a snapshot of each LVM volume), none\n"
+            "                          (freeze only)\n"
             "  --force                 capture mounted writable file systems without --live\n"
             "                          (the copy is crash-inconsistent)\n"
             "  --facts                 print the machine's facts as JSON and exit\n"
@@ -175,6 +179,7 @@ enum {
     OPT_CONTINUOUS,
     OPT_FREEZE_TIMEOUT,
     OPT_MAX_PASSES,
+    OPT_SNAPSHOT,
     OPT_FORCE,
 };
 
@@ -212,6 +217,7 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
         {"continuous", required_argument, NULL, OPT_CONTINUOUS},
         {"freeze-timeout", required_argument, NULL, OPT_FREEZE_TIMEOUT},
         {"max-passes", required_argument, NULL, OPT_MAX_PASSES},
+        {"snapshot", required_argument, NULL, OPT_SNAPSHOT},
         {"force", no_argument, NULL, OPT_FORCE},
         {NULL, 0, NULL, 0},
     };
@@ -315,6 +321,17 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
             if (parse_uint(optarg, 1000, &v) < 0)
                 return usage_error("invalid --max-passes '%s' (0..1000)", optarg);
             o->max_passes = (unsigned)v;
+            live_opts = true;
+            break;
+        case OPT_SNAPSHOT:
+            if (strcmp(optarg, "auto") == 0)
+                o->snapshot = AGENT_SNAPSHOT_AUTO;
+            else if (strcmp(optarg, "lvm") == 0)
+                o->snapshot = AGENT_SNAPSHOT_LVM;
+            else if (strcmp(optarg, "none") == 0)
+                o->snapshot = AGENT_SNAPSHOT_NONE;
+            else
+                return usage_error("invalid --snapshot '%s' (auto, lvm or none)", optarg);
             live_opts = true;
             break;
         case OPT_FORCE: o->force = true; break;
@@ -439,7 +456,8 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
         return usage_error("--live goes with --server (its delta passes re-sync with the "
                            "server's journal)");
     if (live_opts && !o->live)
-        return usage_error("--continuous, --freeze-timeout and --max-passes go with --live");
+        return usage_error("--continuous, --freeze-timeout, --max-passes and --snapshot go "
+                           "with --live");
     if (o->live && o->force)
         return usage_error("--live and --force exclude each other");
     return 0;

@@ -31,6 +31,7 @@ SLOW_TESTS = \
 	tests/e2e/pipeline.sh \
 	tests/integration/vmm-kvm.sh \
 	tests/integration/capture-faults.sh \
+	tests/integration/capture-live-lvm.sh \
 	tests/integration/inject-debian12.sh \
 	tests/integration/inject-errors.sh \
 	tests/integration/fixture-debian12-bios.sh \

@@ -10,7 +10,9 @@
 #     there, with its size and SHA-256;
 #   - wal.log holds records 0..S intact (magic, consecutive seqs, CRC), S the largest seq of
 #     a `wal` line before CUTOVER_TIME; what follows S may be missing or torn.
-# CUTOVER_TIME: seconds since the epoch (e.g. `date +%s.%N`), or ISO 8601.
+# CUTOVER_TIME: seconds since the epoch (e.g. `date +%s.%N`), or ISO 8601; or an interval
+# T1..T2 when the consistent instant is known only to lie in it (an LVM snapshot: somewhere
+# inside lvcreate's run): writes before T1 are required, except files unlinked before T2.
 # Prints `live-check: N files required, N present, WAL seq S required, S2 found`, then the
 # first problems. Exit 0: all good; 1: a check failed; 2: usage error.
 # Root: it attaches the image read-only (losetup -r) and mounts it; both undone at exit.
@@ -21,7 +23,8 @@ image=$1 log=$2 cutover=$3 offset=${4:-0}
 [ -f "$image" ] || { echo "live-check: no image $image" >&2; usage; }
 [ -r "$log" ] || { echo "live-check: cannot read the log $log" >&2; usage; }
 [[ $offset =~ ^[0-9]+$ ]] || { echo "live-check: bad offset $offset" >&2; usage; }
-cutover=$(python3 -c '
+to_epoch() {
+    python3 -c '
 import sys, datetime
 s = sys.argv[1].strip().lstrip("@")
 try:
@@ -34,7 +37,14 @@ except ValueError:
     if d.tzinfo is None:
         d = d.astimezone()
     t = d.timestamp()
-print("%.9f" % t)' "$cutover") || { echo "live-check: bad cutover time $3" >&2; usage; }
+print("%.9f" % t)' "$1"
+}
+case $cutover in
+    *..*) c1=$(to_epoch "${cutover%%..*}") && c2=$(to_epoch "${cutover#*..}") ||
+              { echo "live-check: bad cutover interval $3" >&2; usage; } ;;
+    *) c1=$(to_epoch "$cutover") || { echo "live-check: bad cutover time $3" >&2; usage; }
+       c2=$c1 ;;
+esac
 [ "$(id -u)" -eq 0 ] || { echo "live-check: needs root (losetup, mount)" >&2; exit 2; }
 
 loop='' mnt=''
@@ -81,10 +91,13 @@ else
     exit 1
 fi
 
-python3 - "$mnt" "$log" "$cutover" <<'EOF' || fail=1
+python3 - "$mnt" "$log" "$c1" "$c2" <<'EOF' || fail=1
 import hashlib, os, struct, sys, zlib
 
-root, log, cutover = sys.argv[1], sys.argv[2], float(sys.argv[3])
+root, log = sys.argv[1], sys.argv[2]
+# the instant lies in [cutover, cutover_end]: a write fsync'd before cutover must be there,
+# unless an unlink logged before cutover_end may have removed it first
+cutover, cutover_end = float(sys.argv[3]), float(sys.argv[4])
 # the WAL record, as documented in live-writer.py
 REC_SIZE = 512
 REC_MAGIC = b"P2VW"
@@ -92,7 +105,7 @@ REC_HEAD = struct.Struct("<4sQd")
 REC_CRC = struct.Struct("<I")
 
 files = {}          # name -> (time, size, sha256), logged before the cutover
-unlinked = set()    # names with an unlink line before the cutover
+unlinked = set()    # names with an unlink line before the cutover's end
 wal_required = -1
 errors = []
 with open(log, errors="replace") as f:
@@ -108,12 +121,12 @@ with open(log, errors="replace") as f:
             continue
         if w[0] == "error":
             errors.append(line.strip())
+        if w[0] == "unlink" and len(w) == 3 and t < cutover_end:
+            unlinked.add(w[2])
         if t >= cutover:
             continue
         if w[0] == "file" and len(w) == 5:
             files[w[2]] = (t, int(w[3]), w[4])
-        elif w[0] == "unlink" and len(w) == 3:
-            unlinked.add(w[2])
         elif w[0] == "wal" and len(w) == 3:
             wal_required = max(wal_required, int(w[2]))
 
