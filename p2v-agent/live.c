@@ -645,6 +645,10 @@ static int cutover(struct sess *s, struct hash_batch *b)
             p2v_info("snapshot%s of %zu LVM volume%s taken (lvcreate %.3f s); the final pass "
                      "reads %s", nlv == 1 ? "" : "s", nlv, nlv == 1 ? "" : "s", ss->window,
                      nlv == 1 ? "it" : "them");
+            /* the test hook again: hold the snapshot, for a SIGKILL inside the final pass */
+            const char *hold = getenv("P2V_AGENT_FREEZE_HOLD_MS");
+            if (hold && !nfz)
+                sleep_s(atof(hold) / 1000);
             b->ss = ss;
         }
         pass_begin(s, &t0);

@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -438,6 +439,87 @@ static int sort_pieces(struct snap_set *ss, struct p2v_err *err)
     return 0;
 }
 
+/* The reaper (see snap.h). Forked while no other thread runs (between two passes), so the
+ * child may use what it likes before its exec()s. */
+static int reaper_start(struct snap_set *ss, struct p2v_err *err)
+{
+    char names[SNAP_MAX_LV][300];
+    for (size_t k = 0; k < ss->nlv; k++)
+        snprintf(names[k], sizeof names[k], "%s/%s", ss->lv[k].vg, ss->lv[k].snap);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return p2v_err_errno(err, "pipe");
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        return p2v_err_errno(err, "fork");
+    }
+    if (pid == 0) {
+        setsid();
+        struct sigaction sa = {.sa_handler = SIG_IGN};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+        sigaction(SIGPIPE, &sa, NULL);
+        /* keep nothing of the agent's open (its socket must close when it dies) */
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        if (dup2(p[0], 3) < 0)
+            _exit(1);
+        for (int fd = 4; fd < 1024; fd++)
+            close(fd);
+        char c;
+        ssize_t r;
+        do
+            r = read(3, &c, 1);
+        while (r < 0 && errno == EINTR);
+        if (r == 1 && c == 'd')
+            _exit(0);
+        /* the agent is gone without removing them */
+        for (size_t k = 0; k < ss->nlv; k++) {
+            char *argv[] = {"lvremove", "-q", "-f", names[k], NULL};
+            for (int t = 0; t < 5; t++) {
+                char eo[256];
+                if (run(argv, NULL, 0, eo, sizeof eo) == 0)
+                    break;
+                nanosleep(&(struct timespec){0, 500 * 1000 * 1000}, NULL);
+            }
+        }
+        _exit(0);
+    }
+    close(p[0]);
+    ss->reaper = pid;
+    ss->reaper_fd = p[1];
+    return 0;
+}
+
+/* Tell the reaper whether the snapshots are gone (@removed) or are its job, and reap it. */
+static void reaper_end(struct snap_set *ss, bool removed)
+{
+    if (ss->reaper_fd >= 0) {
+        if (removed) {
+            ssize_t w;
+            do
+                w = write(ss->reaper_fd, "d", 1);
+            while (w < 0 && errno == EINTR);
+        }
+        close(ss->reaper_fd);
+        ss->reaper_fd = -1;
+    }
+    if (ss->reaper > 0) {
+        int st;
+        while (waitpid(ss->reaper, &st, 0) < 0 && errno == EINTR)
+            ;
+        ss->reaper = 0;
+    }
+}
+
 const struct snap_piece *snap_pieces(const struct snap_set *ss, uint32_t disk, size_t *n)
 {
     *n = 0;
@@ -458,6 +540,7 @@ int snap_take(struct agent *a, const dev_t *dev, size_t n, struct snap_set *ss,
 {
     memset(ss, 0, sizeof *ss);
     ss->memfd = -1;
+    ss->reaper_fd = -1;
     for (size_t k = 0; k < SNAP_MAX_LV; k++)
         ss->lv[k].fd = -1;
     if (n > SNAP_MAX_LV)
@@ -560,7 +643,9 @@ int snap_take(struct agent *a, const dev_t *dev, size_t n, struct snap_set *ss,
     }
 
     /* the snapshots: each lvcreate suspends its volume (and freezes its file system) for
-     * the instant of the snapshot */
+     * the instant of the snapshot; the reaper first, so that none outlives the agent */
+    if (reaper_start(ss, err) < 0)
+        return p2v_err_prefix(err, "cannot start the snapshots' reaper");
     for (size_t k = 0; k < ss->nlv; k++) {
         struct snap_lv *v = &ss->lv[k];
         char origin[300], eo[2048];
@@ -628,6 +713,7 @@ fail:;
 int snap_drop(struct snap_set *ss, struct p2v_err *err)
 {
     int ret = 0;
+    bool removed = true;
     for (size_t k = 0; k < ss->nlv; k++) {
         struct snap_lv *v = &ss->lv[k];
         if (v->fd >= 0)
@@ -648,10 +734,13 @@ int snap_drop(struct snap_set *ss, struct p2v_err *err)
         if (rc != 0) {
             ret = p2v_err_set(err, EIO, "cannot remove the snapshot %s (%s): remove it with "
                               "lvremove %s", name, last_error_line(eo), name);
+            removed = false;
             continue;
         }
         v->made = false;
     }
+    /* what could not be removed here, the reaper tries again */
+    reaper_end(ss, removed);
     if (ss->memfd >= 0)
         close(ss->memfd);
     ss->memfd = -1;

@@ -11,7 +11,10 @@
  *     volume group as it was, without the snapshot;
  *   - the snapshot's copy-on-write extents (free space in the saved metadata): not read;
  *     the server keeps what the earlier passes sent there.
- * The snapshots are removed (lvremove) when the final pass ends, on success or error.
+ * The snapshots are removed (lvremove) when the final pass ends, on success or error, and
+ * if the agent dies first (SIGKILL included) by a reaper process forked before the first
+ * lvcreate: in its own session, deaf to SIGINT/SIGTERM/SIGHUP, it waits on a pipe and
+ * removes them when the pipe closes without the agent having said they are gone.
  * Nothing here writes to the captured disks except the lvcreate and lvremove commands, in
  * the volume group's free space and metadata, as any LVM snapshot does.
  */
@@ -56,6 +59,8 @@ struct snap_set {
     int memfd;          /* the saved metadata areas */
     double window;      /* the longest lvcreate, seconds */
     double taken_at;    /* wall clock when the first lvcreate started */
+    pid_t reaper;       /* removes the snapshots if the agent dies first, or 0 */
+    int reaper_fd;      /* its pipe: 'd' = removed, nothing to do; EOF = do it */
 };
 
 /* True when @dev is an LVM logical volume that can be snapshotted: device-mapper with an
