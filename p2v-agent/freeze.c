@@ -124,8 +124,7 @@ static bool opt_has(const char *opts, const char *opt)
     return false;
 }
 
-/* Read a small sysfs file into @out, without its trailing newline. */
-static bool sys_read(const char *path, char *out, size_t len)
+bool freeze_sys_read(const char *path, char *out, size_t len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -143,9 +142,6 @@ static bool sys_read(const char *path, char *out, size_t len)
     return true;
 }
 
-/* The whole disk a partition @dev belongs to, through /sys/dev/block/MAJ:MIN: a partition
- * has a "partition" file, and its sysfs directory sits inside its disk's, whose "dev" file
- * names the disk. False when @dev is not a partition (or sysfs does not say). */
 /* "MAJ:MIN" as sysfs writes it into a dev_t. */
 static bool parse_dev(char *v, dev_t *dev)
 {
@@ -161,7 +157,7 @@ static bool parse_dev(char *v, dev_t *dev)
     return true;
 }
 
-static bool partition_parent(const char *sys, dev_t dev, dev_t *parent)
+bool freeze_partition_parent(const char *sys, dev_t dev, dev_t *parent)
 {
     char path[PATH_MAX], v[64];
     snprintf(path, sizeof path, "%s/dev/block/%u:%u/partition", sys, major(dev), minor(dev));
@@ -169,7 +165,7 @@ static bool partition_parent(const char *sys, dev_t dev, dev_t *parent)
         return false;
     /* the kernel follows the MAJ:MIN symbolic link before "..": the disk's directory */
     snprintf(path, sizeof path, "%s/dev/block/%u:%u/../dev", sys, major(dev), minor(dev));
-    return sys_read(path, v, sizeof v) && parse_dev(v, parent);
+    return freeze_sys_read(path, v, sizeof v) && parse_dev(v, parent);
 }
 
 /* True when @dev is a loop device whose backing file is @image (a real path). */
@@ -178,7 +174,7 @@ static bool loop_of(dev_t dev, const char *image)
     char path[128], backing[PATH_MAX + 32];
     snprintf(path, sizeof path, "/sys/dev/block/%u:%u/loop/backing_file", major(dev),
              minor(dev));
-    if (!sys_read(path, backing, sizeof backing))
+    if (!freeze_sys_read(path, backing, sizeof backing))
         return false;
     if (strcmp(backing, image) == 0)
         return true;
@@ -220,7 +216,8 @@ static bool dev_is_disk(const struct disk_id *d, dev_t dev)
 static bool on_disk(const char *sys, const struct disk_id *d, dev_t dev, int depth)
 {
     dev_t parent;
-    if (dev_is_disk(d, dev) || (partition_parent(sys, dev, &parent) && dev_is_disk(d, parent)))
+    if (dev_is_disk(d, dev) ||
+        (freeze_partition_parent(sys, dev, &parent) && dev_is_disk(d, parent)))
         return true;
     if (depth >= STACK_DEPTH_MAX)
         return false;
@@ -237,7 +234,7 @@ static bool on_disk(const char *sys, const struct disk_id *d, dev_t dev, int dep
         if (e->d_name[0] == '.')
             continue;
         snprintf(p2, sizeof p2, "%s/%s/dev", path, e->d_name);
-        if (sys_read(p2, v, sizeof v) && parse_dev(v, &slave) && slave != dev)
+        if (freeze_sys_read(p2, v, sizeof v) && parse_dev(v, &slave) && slave != dev)
             found = on_disk(sys, d, slave, depth + 1);
     }
     closedir(dir);

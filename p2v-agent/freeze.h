@@ -42,6 +42,14 @@ int freeze_find_mounts(const char *disk_path, struct freeze_mount **out, size_t 
  * @sysroot ("/sys"; a test gives a tree of its own). */
 bool freeze_dev_on_disk(const char *sysroot, dev_t dev, dev_t disk);
 
+/* Read a small sysfs file into @out, without its trailing newline. */
+bool freeze_sys_read(const char *path, char *out, size_t len);
+
+/* The whole disk a partition @dev belongs to, through @sysroot/dev/block/MAJ:MIN: a
+ * partition has a "partition" file, and its sysfs directory sits inside its disk's, whose
+ * "dev" file names the disk. False when @dev is not a partition (or sysfs does not say). */
+bool freeze_partition_parent(const char *sysroot, dev_t dev, dev_t *parent);
+
 struct freeze_set;
 
 /* Fork the watchdog and freeze @n mounts through it. On success returns the set, with

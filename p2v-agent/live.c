@@ -219,15 +219,24 @@ static int read_failed(struct sess *s, const struct p2v_err *err)
     return sess_set(s, err->code == EIO ? SESS_BADSECTOR : SESS_FAIL, "read", "%s", err->msg);
 }
 
-/* Count what pipeline @pl of disk @i read and the bad sectors it met, and free it. */
-static void pipeline_done(struct sess *s, uint32_t i, struct imager_pipeline *pl)
+/* Count what pipeline @pl of disk @i read and the bad sectors it met (at source offsets:
+ * disk offset = source offset - @psrc + @poff), and free it. */
+static void pipeline_done(struct sess *s, uint32_t i, struct imager_pipeline *pl, uint64_t poff,
+                          uint64_t psrc)
 {
     uint64_t rd = imager_pipeline_bytes_read(pl);
     s->pass_read += rd;
     s->a->st.bytes_read += rd;
     size_t nbad = 0;
     const uint64_t *bad = imager_pipeline_bad_sectors(pl, &nbad);
-    agent_add_bad(s->a, i, bad, nbad);
+    if (poff == psrc) {
+        agent_add_bad(s->a, i, bad, nbad);
+    } else {
+        for (size_t k = 0; k < nbad; k++) {
+            uint64_t off = bad[k] - psrc + poff;
+            agent_add_bad(s->a, i, &off, 1);
+        }
+    }
     imager_pipeline_free(pl);
 }
 
@@ -274,64 +283,62 @@ static int run_pipeline(struct sess *s, uint32_t i, int fd, uint64_t size, uint6
         if (fn(s, i, &c, ctx) < 0)
             break;
     }
-    pipeline_done(s, i, pl);
+    pipeline_done(s, i, pl, poff, psrc);
     return ret;
+}
+
+/* One pipeline over @sub[ns] (in @src's coordinates). */
+static int run_piece(struct sess *s, uint32_t i, const struct snap_piece *src,
+                     const struct imager_extent *sub, size_t ns, bool compress, chunk_fn fn,
+                     void *ctx)
+{
+    return run_pipeline(s, i, src->fd, src->src_size, src->off, src->src, sub, ns, compress,
+                        fn, ctx);
 }
 
 /* Read @ext[n] of disk @i (sorted) from where this pass reads them: the disk, or, in a
  * cutover with LVM snapshots (@ss), each range from its snap_piece (a snapshot, the saved
- * metadata, or nowhere). 0 / -1. */
+ * metadata, or nowhere). Consecutive ranges from one source share a pipeline. 0 / -1. */
 static int read_mapped(struct sess *s, uint32_t i, const struct imager_extent *ext, size_t n,
                        const struct snap_set *ss, bool compress, chunk_fn fn, void *ctx)
 {
     struct agent_disk *d = &s->a->disks[i];
+    /* the disk itself, as a piece that maps every offset to itself */
+    const struct snap_piece disk = {0, d->info->size, d->fd, 0, d->info->size};
     size_t np;
     const struct snap_piece *pc = snap_pieces(ss, i, &np);
     if (np == 0)
-        return run_pipeline(s, i, d->fd, d->info->size, 0, 0, ext, n, compress, fn, ctx);
+        return run_piece(s, i, &disk, ext, n, compress, fn, ctx);
     struct imager_extent *sub = calloc(n + 2 * np + 1, sizeof *sub);
     if (!sub)
         return sess_set(s, SESS_FAIL, "internal", "out of memory");
+    const struct snap_piece *cur = &disk; /* the source of sub[0..ns) */
     size_t ns = 0, k = 0;
-    long cur = -1; /* the group's piece, -1: the disk */
     int ret = 0;
-#define FLUSH_GROUP()                                                                      \
-    do {                                                                                   \
-        if (ns && ret == 0)                                                                \
-            ret = cur < 0 ? run_pipeline(s, i, d->fd, d->info->size, 0, 0, sub, ns,        \
-                                         compress, fn, ctx)                                \
-                          : run_pipeline(s, i, pc[cur].fd, pc[cur].src_size, pc[cur].off,  \
-                                         pc[cur].src, sub, ns, compress, fn, ctx);         \
-        ns = 0;                                                                            \
-    } while (0)
     for (size_t e = 0; e < n && ret == 0; e++) {
         uint64_t pos = ext[e].off, end = ext[e].off + ext[e].len;
         while (pos < end && ret == 0) {
             while (k < np && pc[k].off + pc[k].len <= pos)
                 k++;
-            long src;
-            uint64_t send;
+            const struct snap_piece *src = &disk;
+            uint64_t send = k < np ? P2V_MIN(end, pc[k].off) : end;
             if (k < np && pc[k].off <= pos) {
-                src = (long)k;
+                src = &pc[k];
                 send = P2V_MIN(end, pc[k].off + pc[k].len);
-            } else {
-                src = -1;
-                send = k < np ? P2V_MIN(end, pc[k].off) : end;
             }
             if (src != cur) {
-                FLUSH_GROUP();
+                ret = run_piece(s, i, cur, sub, ns, compress, fn, ctx);
+                ns = 0;
                 cur = src;
             }
-            if (src < 0)
-                sub[ns++] = (struct imager_extent){pos, send - pos};
-            else if (pc[src].fd >= 0)
-                sub[ns++] = (struct imager_extent){pos - pc[src].off + pc[src].src, send - pos};
             /* fd -1: not read (the snapshot's copy-on-write space) */
+            if (src->fd >= 0)
+                sub[ns++] = (struct imager_extent){pos - src->off + src->src, send - pos};
             pos = send;
         }
     }
-    FLUSH_GROUP();
-#undef FLUSH_GROUP
+    if (ret == 0)
+        ret = run_piece(s, i, cur, sub, ns, compress, fn, ctx);
     free(sub);
     return ret;
 }

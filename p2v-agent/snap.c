@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "freeze.h"
 #include "snap.h"
 
 #define SNAP_MDA_MAX 8
@@ -91,33 +93,19 @@ void snap_dm_name(const char *vg, const char *lv, char *out, size_t len)
     dm_escape(lv, out, len, o);
 }
 
-/* The first line of a sysfs file, without the newline. 0 / -1. */
-static int read_line(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -1;
-    char *r = fgets(buf, (int)len, f);
-    fclose(f);
-    if (!r)
-        return -1;
-    buf[strcspn(buf, "\n")] = 0;
-    return 0;
-}
-
 bool snap_is_lv(const char *sysroot, dev_t dev, char *vg, size_t vglen, char *lv,
                 size_t lvlen)
 {
     char path[512], uuid[256], name[256];
     snprintf(path, sizeof path, "%s/dev/block/%u:%u/dm/uuid", sysroot, major(dev), minor(dev));
-    if (read_line(path, uuid, sizeof uuid) < 0)
+    if (!freeze_sys_read(path, uuid, sizeof uuid))
         return false;
     /* "LVM-" + the volume group's uuid + the volume's (32 + 32): a plain volume; a suffix
      * (-real, -cow, -pool, -tpool, -tdata...) is one of LVM's internal devices */
     if (strncmp(uuid, "LVM-", 4) != 0 || strlen(uuid) != 4 + 64)
         return false;
     snprintf(path, sizeof path, "%s/dev/block/%u:%u/dm/name", sysroot, major(dev), minor(dev));
-    if (read_line(path, name, sizeof name) < 0)
+    if (!freeze_sys_read(path, name, sizeof name))
         return false;
     return snap_split_dm_name(name, vg, vglen, lv, lvlen) == 0;
 }
@@ -261,27 +249,39 @@ static int run(char *const argv[], char *out, size_t outlen, char *errout, size_
     }
     close(po[1]);
     close(pe[1]);
-    /* both outputs are small: read stdout to its end, then stderr */
-    size_t no = 0, ne = 0;
+    /* both at once (poll): a child that fills one pipe while we wait on the other would
+     * never end */
+    struct pollfd pf[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
+    char *buf[2] = {out, errout};
+    size_t cap[2] = {outlen, errlen}, got[2] = {0, 0};
     char sink[512];
-    for (int k = 0; k < 2; k++) {
-        int fd = k ? pe[0] : po[0];
-        char *b = k ? errout : out;
-        size_t bl = k ? errlen : outlen, *nn = k ? &ne : &no;
-        for (;;) {
-            char *dst = b && *nn + 1 < bl ? b + *nn : sink;
-            size_t room = b && *nn + 1 < bl ? bl - 1 - *nn : sizeof sink;
-            ssize_t r = read(fd, dst, room);
+    while (pf[0].fd >= 0 || pf[1].fd >= 0) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (pf[k].fd < 0 || !(pf[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            bool room = buf[k] && got[k] + 1 < cap[k];
+            char *dst = room ? buf[k] + got[k] : sink;
+            ssize_t r = read(pf[k].fd, dst, room ? cap[k] - 1 - got[k] : sizeof sink);
             if (r < 0 && errno == EINTR)
                 continue;
-            if (r <= 0)
-                break;
-            if (dst != sink)
-                *nn += (size_t)r;
+            if (r <= 0) {
+                close(pf[k].fd);
+                pf[k].fd = -1;
+            } else if (room) {
+                got[k] += (size_t)r;
+            }
         }
-        if (b && bl)
-            b[*nn] = 0;
-        close(fd);
+    }
+    for (int k = 0; k < 2; k++) {
+        if (pf[k].fd >= 0)
+            close(pf[k].fd);
+        if (buf[k] && cap[k])
+            buf[k][got[k]] = 0;
     }
     int st;
     while (waitpid(pid, &st, 0) < 0)
@@ -324,17 +324,17 @@ static int dev_on_disk(const struct agent *a, const dev_t *disk_dev, dev_t dev, 
             return (int)i;
         }
     }
+    dev_t parent;
     char path[512], line[64];
+    unsigned long long start;
+    if (!freeze_partition_parent("/sys", dev, &parent))
+        return -1;
     snprintf(path, sizeof path, "/sys/dev/block/%u:%u/start", major(dev), minor(dev));
-    if (read_line(path, line, sizeof line) < 0)
-        return -1; /* not a partition */
-    unsigned long long start = strtoull(line, NULL, 10);
-    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/../dev", major(dev), minor(dev));
-    unsigned pm, pn;
-    if (read_line(path, line, sizeof line) < 0 || sscanf(line, "%u:%u", &pm, &pn) != 2)
+    if (!freeze_sys_read(path, line, sizeof line) ||
+        p2v_parse_uint(line, 0, UINT64_MAX / 512, &start) < 0)
         return -1;
     for (size_t i = 0; i < a->ndisks; i++) {
-        if (disk_dev[i] && disk_dev[i] == makedev(pm, pn)) {
+        if (disk_dev[i] && disk_dev[i] == parent) {
             *base = start * 512;
             return (int)i;
         }
@@ -365,7 +365,7 @@ static int open_dm(const char *name, struct p2v_err *err)
             continue;
         char path[300], n[256];
         snprintf(path, sizeof path, "/sys/block/%s/dm/name", e->d_name);
-        if (read_line(path, n, sizeof n) == 0 && strcmp(n, name) == 0) {
+        if (freeze_sys_read(path, n, sizeof n) && strcmp(n, name) == 0) {
             snprintf(node, sizeof node, "/dev/%s", e->d_name);
             break;
         }
@@ -611,8 +611,10 @@ int snap_take(struct agent *a, const dev_t *dev, size_t n, struct snap_set *ss,
         char path[512], line[64];
         snprintf(path, sizeof path, "/sys/dev/block/%u:%u/size", major(pv[x].dev),
                  minor(pv[x].dev));
-        if (read_line(path, line, sizeof line) == 0)
-            pv_size = strtoull(line, NULL, 10) * 512;
+        unsigned long long sectors;
+        if (freeze_sys_read(path, line, sizeof line) &&
+            p2v_parse_uint(line, 0, UINT64_MAX / 512, &sectors) == 0)
+            pv_size = sectors * 512;
         void *buf = NULL;
         if (posix_memalign(&buf, 4096, 4096))
             return p2v_err_set(err, ENOMEM, "out of memory");

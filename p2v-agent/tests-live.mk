@@ -12,7 +12,7 @@ EXTRA_DIST += $(LIVE_HEAVY_TESTS) tests/integration/live-lvm-inner.sh
 # real LVM in capture-live-lvm.sh (inside tests/kvm/nest: this machine has no device-mapper)
 check_PROGRAMS += tests/unit/agent/test-snap
 tests_unit_agent_test_snap_SOURCES = tests/unit/agent/test-snap.c p2v-agent/snap.c \
-	p2v-agent/snap.h
+	p2v-agent/snap.h p2v-agent/freeze.c p2v-agent/freeze.h
 tests_unit_agent_test_snap_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_agent_test_snap_LDADD = libp2vcommon.la
 TESTS += tests/unit/agent/test-snap
