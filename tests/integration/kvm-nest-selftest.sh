@@ -2,7 +2,8 @@
 # tests/kvm/nest, the nested-KVM harness: a command inside sees /dev/kvm (a character
 # device) and its output comes back; its exit status comes back (7); a file it writes into a
 # --rw folder shows up here; an environment variable named in P2V_NEST_ENV is exported into
-# it; --timeout ends a command that hangs with 124 in about that time.
+# it; --timeout ends a command that hangs with 124 in about that time; --stall ends a nested
+# machine that stops as a whole (its QEMU stopped with SIGSTOP here) with 124 soon after.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 require_tool qemu-system-x86_64 cpio gzip timeout
 [ "$(id -u)" = 0 ] || skip_all "needs root (9p shares of the whole file system)"
@@ -10,7 +11,7 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel under /boot"
 nest=$top_srcdir/tests/kvm/nest
 work=$(tmpdir)
 t0=$SECONDS
-plan 8
+plan 9
 
 out=$(cd "$work" && "$nest" -- sh -c 'test -c /dev/kvm && echo KVM-OK' 2>"$work/err1")
 rc=$?
@@ -37,4 +38,17 @@ s=$SECONDS
 rc=$? d=$((SECONDS - s))
 is "$rc:$([ "$d" -le 25 ] && echo fast || echo "slow ($d s)")" "124:fast" "nest --timeout 20: 124 within 25 s"
 
+# a nested machine that stops as a whole: its QEMU (the one whose pid file is in a job
+# folder of this run's) stopped once the command runs
+s=$SECONDS
+(cd "$work" && "$nest" --stall 20 --timeout 300 -- sh -c "touch '$work/rw/running'; sleep 1000") \
+    >/dev/null 2>"$work/err5" &
+npid=$!
+for _ in $(seq 120); do [ -e "$work/rw/running" ] && break; sleep 0.5; done
+qpid=$(pgrep -f -n "^qemu-system-x86_64 -accel tcg -cpu max .*-virtfs local,path=$work")
+[ -n "$qpid" ] && kill -STOP "$qpid"
+wait "$npid"
+rc=$? d=$((SECONDS - s))
+is "$rc:$([ "$d" -le 90 ] && echo soon || echo "late ($d s)"):$(grep -c 'no line of life' "$work/err5")" \
+    "124:soon:1" "nest --stall 20: a stopped nested machine ends with 124, said so, within 90 s"
 diag "kvm-nest-selftest: $((SECONDS - t0)) s in all"

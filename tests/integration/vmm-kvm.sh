@@ -24,12 +24,13 @@ rc() { cat "$work/$1.rc" 2>/dev/null || echo none; }
 secs() { cat "$work/$1.secs" 2>/dev/null || echo 0; }
 
 # A nested machine runs the cases of one group. Each case has its own timeout in there; a
-# nested machine that outlives its own timeout has hung as a whole (its kernel: the console
-# tail is shown), and is started once more, saying so.
+# nested machine that outlives its own timeout, or goes silent (tests/kvm/nest --stall: now
+# and then the nested kernel stops as a whole under TCG's emulated AMD-V), is started again,
+# up to three times in all, saying so (its console's tail is shown).
 ntests=0 nest_ro= nest_cpus=1
 nest_group() { # nest_group NAME TIMEOUT CASES...
     local g=$1 to=$2 t0 rc try; shift 2
-    for try in 1 2; do
+    for try in 1 2 3; do
         t0=$(date +%s)
         P2V_CASES="$*" P2V_VMM=$vmm abs_top_builddir=$top_builddir abs_top_srcdir=$top_srcdir \
             P2V_NEST_MEM=${P2V_NEST_MEM:-2048} P2V_NEST_TIMEOUT=$to P2V_NEST_RO=$nest_ro P2V_NEST_CPUS=$nest_cpus \
@@ -40,7 +41,7 @@ nest_group() { # nest_group NAME TIMEOUT CASES...
             diag "$(cat "$work/cases-$g.log")"
             skip_all "no KVM: $(tail -n 1 "$work/cases-$g.log")"
         fi
-        if [ "$try" = 1 ] && { [ "$rc" = 124 ] || [ "$rc" = 125 ]; }; then
+        if [ "$try" -lt 3 ] && { [ "$rc" = 124 ] || [ "$rc" = 125 ]; }; then
             diag "the nested machine for the $g cases: exit $rc after $(( $(date +%s) - t0 )) s; once more. Its log:"
             diag "$(tail -n 40 "$work/cases-$g.log")"
             continue
@@ -74,16 +75,16 @@ qemu-img convert -O vmdk -o subformat=monolithicSparse "$injected" "$work/mini-s
 qemu-img convert -O vhdx "$injected" "$work/mini.vhdx"
 (cd "$work" && sha256sum mini.raw mini-stream.vmdk mini-sparse.vmdk mini.vhdx plain.raw guest.* >sums.before)
 
-nest_group guest 240 guest-raw guest-qcow2 guest-vmdk-stream guest-vmdk-sparse guest-vhd guest-vhdx \
+nest_group guest 360 guest-raw guest-qcow2 guest-vmdk-stream guest-vmdk-sparse guest-vhd guest-vhdx \
     garbage reset hung
 # ---- the mini-bios fixture: made bootable in every format, and untouched -----------------
-nest_group mini-bios 480 mini-vmdk-stream mini-vmdk-sparse mini-vhdx plain
+nest_group mini-bios 720 mini-vmdk-stream mini-vmdk-sparse mini-vhdx plain
 # two vCPUs in a nested machine of two CPUs: a guest vCPU that spins with interrupts off
 # waiting for the other (an IPI, a TLB shootdown) needs the other to run meanwhile. With
 # one nested CPU, under TCG's emulated AMD-V, whole nested machines hung twice in this
 # case (the cause is not proven; the nested kernel's errors are now shown on a timeout)
 nest_cpus=2
-nest_group smp 360 mini-raw
+nest_group smp 540 mini-raw
 nest_cpus=1
 
 # ---- the debian12 fixture (built meanwhile on a new machine) ------------------------------
@@ -96,7 +97,7 @@ ln -s "$deb_plain" "$work/debian-plain.raw"
 echo "root=UUID=$(. "$(dirname "$deb_plain")/fixture.env"; echo "$FIXTURE_ROOT_UUID") ro rootdelay=3" \
     >"$work/debian-plain.cmdline"
 nest_ro=$(dirname "$deb_plain")
-nest_group debian12 480 debian debian-plain
+nest_group debian12 720 debian debian-plain
 
 # ---- the test guest, through every format ------------------------------------------------
 for f in raw qcow2 vmdk-stream vmdk-sparse vhd vhdx; do

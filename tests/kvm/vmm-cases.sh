@@ -12,7 +12,7 @@ run() { # run NAME P2V-VMM-ARGS...
     local name=$1 t0 t1; shift
     case " ${P2V_CASES:-all} " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
     t0=$(date +%s.%N)
-    timeout -k 5 360 "$vmm" "$@" >"$name.out" 2>"$name.err" </dev/null
+    timeout -k 5 600 "$vmm" "$@" >"$name.out" 2>"$name.err" </dev/null
     echo $? >"$name.rc"
     t1=$(date +%s.%N)
     echo "$t1 - $t0" | bc >"$name.secs"
@@ -20,7 +20,8 @@ run() { # run NAME P2V-VMM-ARGS...
 }
 
 [ -c /dev/kvm ] || { echo "vmm-cases: no /dev/kvm here" >&2; exit 3; }
-common="--engine kvm --memory 512 --timeout 120"
+# verdict timeouts: 2 to 3 times what a case takes under TCG on a loaded 2-core machine
+common="--engine kvm --memory 512 --timeout 240"
 
 # our freestanding guest reads the disk over virtio-blk-pci and prints the hash of what it
 # read: through every format the VMM reads (libdiskfmt under the COW overlay)
@@ -44,11 +45,11 @@ run reset verify --json --engine kvm --memory 64 --timeout 30 --kernel testguest
     --append reset guest.raw
 run hung verify --json --engine kvm --memory 512 --timeout 5 --expect 'NEVER-SHOWN-[0-9]{9}' mini.raw
 # the debian12 fixture made bootable (as qcow2): its own grub.cfg, up to the login prompt
-run debian verify --json --engine kvm --memory 1024 --timeout 300 --log debian.log \
+run debian verify --json --engine kvm --memory 1024 --timeout 480 --log debian.log \
     --expect '(^|[^A-Za-z])login: *$' debian.qcow2
 # the debian12 fixture untouched (read-only, straight from the fixture cache): its
 # initramfs gives up waiting for the root device (its own command line with rootdelay=3,
 # so that it waits 3 s, not 30)
-run debian-plain verify --json --engine kvm --memory 1024 --timeout 300 --log debian-plain.log \
+run debian-plain verify --json --engine kvm --memory 1024 --timeout 480 --log debian-plain.log \
     --append "$(cat debian-plain.cmdline)" debian-plain.raw
 exit 0
