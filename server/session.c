@@ -15,8 +15,22 @@
  * is pending, after a second with anything pending, at DISK_END, DONE and HASHES, and
  * when the session ends cleanly.
  *
- * Memory per session is bounded: one frame body (<= P2V_PROTO_BODY_MAX), one 1 MiB
- * decompression buffer, and at most SESS_PEND_MAX pending journal records.
+ * DATA runs through three threads, so that decrypting, hashing and writing overlap: the
+ * session thread reads a frame, makes the checks that need no payload work (its disk, its
+ * range, its payload's size) and queues it, body and all; the session's verifier thread
+ * decompresses it and checks its hash; the session's writer thread writes it into the
+ * image if it passed; the session thread then collects it (the journal record pending,
+ * the commit when one is due) or reports why it was refused. Each stage takes the frames
+ * in the order they came, and the writer writes nothing after a refused frame. The session
+ * thread drains the queue (every frame collected, or the first refused one reported)
+ * before any other frame, before it waits on the socket, and before the session ends.
+ * So a frame is still written only after its hash checks, the replies keep the wire's
+ * order, and the image is touched by one thread at a time (iolock: the writer, or the
+ * session thread's commits).
+ *
+ * Memory per session is bounded: SESS_INFLIGHT + 1 frame bodies (<= P2V_PROTO_BODY_MAX
+ * each), SESS_INFLIGHT 1 MiB decompression buffers (allocated when a compressed frame
+ * comes), and at most SESS_PEND_MAX pending journal records.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -24,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +55,25 @@
 #define SESS_IO_TIMEOUT_MS 60000  /* a frame once started must arrive within this */
 #define SESS_HANDSHAKE_MS 10000
 #define SESS_LINGER_S 2.0         /* reading what the agent still sends after our close */
+#define SESS_INFLIGHT 4           /* DATA frames between the reading and the collecting */
+#define SESS_VERR_MAX 400
 
 struct sess_pend {
     uint32_t disk;
     struct jrnl_rec rec;
+};
+
+/* A DATA frame between the reading and the collecting. A slot belongs to the stage whose
+ * counter points at it (struct srv_session): queued, then the verifier's, then the
+ * writer's, then the session thread's again. */
+struct sess_slot {
+    struct p2v_buf body;  /* the frame's body: m's payload points into it */
+    struct p2v_msg m;
+    uint8_t *zbuf;        /* decompressed content (allocated on the first compressed frame) */
+    const uint8_t *data;  /* verified content: the payload or zbuf (NULL for ZERO) */
+    uint16_t ecode;       /* 0, or why the frame is refused */
+    char emsg[SESS_VERR_MAX];
+    int werr;             /* the writer's errno when the write failed (ecode 0) */
 };
 
 struct srv_session {
@@ -61,8 +91,17 @@ struct srv_session {
     bool facts_seen, disk_seen;
     bool dead;              /* the connection is gone: send nothing more */
     struct p2v_buf body, out;
-    uint8_t *zbuf;
-    ZSTD_DCtx *dctx;
+    ZSTD_DCtx *dctx;        /* the verifier's */
+    /* the DATA queue: frames counted queued >= verified >= wrote >= written; frame k is in
+     * slot[k % SESS_INFLIGHT]; the counters under vlock */
+    struct sess_slot slot[SESS_INFLIGHT];
+    uint64_t queued, verified, wrote, written;
+    pthread_mutex_t vlock;
+    pthread_cond_t vwork, wwork, vdone; /* verifier, writer, session thread */
+    pthread_mutex_t iolock;             /* the job's images: writer or commit */
+    pthread_t verifier, writer;
+    bool vstarted, vstop;
+    bool wfailed;                       /* the writer's: nothing more is written */
     struct sess_pend *pend;
     struct jrnl_rec *recs;  /* scratch for one disk's records at commit */
     size_t npend;
@@ -177,7 +216,12 @@ static int sess_commit(struct srv_session *s, bool notify)
         if (d->durable_at == 0)
             d->durable_at = now;
         bool durable = now - d->durable_at >= SRV_DURABLE_INTERVAL;
-        if (srv_disk_commit(job, i, s->recs, n, durable, job->sessions, &err) < 0) {
+        if (s->vstarted)
+            pthread_mutex_lock(&s->iolock);
+        int r = srv_disk_commit(job, i, s->recs, n, durable, job->sessions, &err);
+        if (s->vstarted)
+            pthread_mutex_unlock(&s->iolock);
+        if (r < 0) {
             /* the image may hold writes no checkpoint covers: reopen it at its last mark
              * (what was pending is sent again after the agent reconnects) */
             srv_job_close_files(job);
@@ -381,56 +425,137 @@ static int on_disk(struct srv_session *s, const struct p2v_msg *m)
     return send_have(s, i);
 }
 
-static int on_data(struct srv_session *s, const struct p2v_msg *m)
+/* The verifier's work on one frame: decompress, check the size and the hash. Sets the
+ * slot's data, or its ecode and emsg. */
+static void verify_slot(struct srv_session *s, struct sess_slot *sl)
+{
+    const struct p2v_msg *m = &sl->m;
+    uint32_t i = m->u.data.disk, len = m->u.data.len;
+    unsigned long long off = m->u.data.off;
+    sl->ecode = 0;
+    sl->data = NULL;
+    if (m->flags & P2V_DATA_ZERO)
+        return;
+    const uint8_t *data = m->u.data.payload;
+    if (m->flags & P2V_DATA_ZSTD) {
+        if (!sl->zbuf && !(sl->zbuf = malloc(P2V_PROTO_CHUNK_MAX))) {
+            sl->ecode = P2V_E_INTERNAL;
+            snprintf(sl->emsg, sizeof sl->emsg, "out of memory");
+            return;
+        }
+        size_t n = ZSTD_decompressDCtx(s->dctx, sl->zbuf, len, m->u.data.payload,
+                                       m->u.data.payload_len);
+        if (ZSTD_isError(n) || n != len) {
+            sl->ecode = P2V_E_PROTO;
+            if (ZSTD_isError(n))
+                snprintf(sl->emsg, sizeof sl->emsg,
+                         "DATA disk %u at offset %llu: the zstd payload does not decompress "
+                         "to %u bytes: %s", i, off, len, ZSTD_getErrorName(n));
+            else
+                snprintf(sl->emsg, sizeof sl->emsg,
+                         "DATA disk %u at offset %llu: the zstd payload decompresses to %zu "
+                         "bytes, not %u", i, off, n, len);
+            return;
+        }
+        data = sl->zbuf;
+    }
+    uint8_t h[P2V_PROTO_HASH_LEN];
+    if (p2v_hash((enum p2v_hash_algo)s->hash_algo, data, len, h) < 0) {
+        sl->ecode = P2V_E_INTERNAL;
+        snprintf(sl->emsg, sizeof sl->emsg, "cannot compute a hash");
+        return;
+    }
+    if (memcmp(h, m->u.data.hash, P2V_PROTO_HASH_LEN) != 0) {
+        sl->ecode = P2V_E_HASH;
+        snprintf(sl->emsg, sizeof sl->emsg,
+                 "DATA disk %u at offset %llu (%u bytes): the content does not match its %s "
+                 "hash", i, off, len, p2v_hash_name((enum p2v_hash_algo)s->hash_algo));
+        return;
+    }
+    sl->data = data;
+}
+
+static void *verifier_main(void *arg)
+{
+    struct srv_session *s = arg;
+    pthread_mutex_lock(&s->vlock);
+    for (;;) {
+        while (!s->vstop && s->verified == s->queued)
+            pthread_cond_wait(&s->vwork, &s->vlock);
+        if (s->vstop)
+            break;
+        struct sess_slot *sl = &s->slot[s->verified % SESS_INFLIGHT];
+        pthread_mutex_unlock(&s->vlock);
+        verify_slot(s, sl);
+        pthread_mutex_lock(&s->vlock);
+        s->verified++;
+        pthread_cond_signal(&s->wwork);
+    }
+    pthread_mutex_unlock(&s->vlock);
+    return NULL;
+}
+
+/* Write the verified frames into the images in order (step 6's first half). After a
+ * refused frame or a failed write nothing more is written: the session ends there. */
+static void *writer_main(void *arg)
+{
+    struct srv_session *s = arg;
+    pthread_mutex_lock(&s->vlock);
+    for (;;) {
+        while (!s->vstop && s->wrote == s->verified)
+            pthread_cond_wait(&s->wwork, &s->vlock);
+        if (s->vstop)
+            break;
+        struct sess_slot *sl = &s->slot[s->wrote % SESS_INFLIGHT];
+        pthread_mutex_unlock(&s->vlock);
+        sl->werr = 0;
+        if (sl->ecode || s->wfailed) {
+            s->wfailed = true;
+        } else {
+            const struct p2v_msg *m = &sl->m;
+            struct p2v_err err = {0};
+            pthread_mutex_lock(&s->iolock);
+            if (srv_disk_write(s->job, m->u.data.disk, sl->data, m->u.data.len,
+                               m->u.data.off, (m->flags & P2V_DATA_ZERO) != 0, &err) < 0) {
+                sl->werr = err.code ? err.code : EIO;
+                s->wfailed = true;
+            }
+            pthread_mutex_unlock(&s->iolock);
+        }
+        pthread_mutex_lock(&s->vlock);
+        s->wrote++;
+        pthread_cond_signal(&s->vdone);
+    }
+    pthread_mutex_unlock(&s->vlock);
+    return NULL;
+}
+
+/* Collect the oldest queued frame once the writer is done with it: its journal record
+ * pending, a commit when one is due; or the reason it was refused. 0 / -1 (an ERROR frame
+ * was sent). */
+static int write_next(struct srv_session *s)
 {
     struct srv_job *job = s->job;
-    struct p2v_err err = {0};
-    uint32_t i = m->u.data.disk;
     char name[32];
-    if (i >= P2V_PROTO_DISKS_MAX || !s->declared[i])
-        return sess_error(s, P2V_E_DISK, "DATA for disk %u, which was not declared", i);
-    struct srv_disk *d = &job->disks[i];
-    if (p2v_proto_check_data(m, d->size, &err) < 0)
-        return sess_error(s, P2V_E_DISK, "disk %u: %s", i, err.msg);
+    pthread_mutex_lock(&s->vlock);
+    while (s->wrote == s->written)
+        pthread_cond_wait(&s->vdone, &s->vlock);
+    pthread_mutex_unlock(&s->vlock);
+    struct sess_slot *sl = &s->slot[s->written % SESS_INFLIGHT];
+    s->written++;
+    if (sl->ecode)
+        return sess_error(s, sl->ecode, "%s", sl->emsg);
+    const struct p2v_msg *m = &sl->m;
+    uint32_t i = m->u.data.disk;
     uint64_t off = m->u.data.off;
     uint32_t len = m->u.data.len;
     bool zero = (m->flags & P2V_DATA_ZERO) != 0;
-    const uint8_t *data = m->u.data.payload;
-    if (!zero && (m->flags & P2V_DATA_ZSTD)) {
-        size_t n = ZSTD_decompressDCtx(s->dctx, s->zbuf, len, m->u.data.payload,
-                                       m->u.data.payload_len);
-        if (ZSTD_isError(n))
-            return sess_error(s, P2V_E_PROTO,
-                              "DATA disk %u at offset %llu: the zstd payload does not "
-                              "decompress to %u bytes: %s",
-                              i, (unsigned long long)off, len, ZSTD_getErrorName(n));
-        if (n != len)
-            return sess_error(s, P2V_E_PROTO,
-                              "DATA disk %u at offset %llu: the zstd payload decompresses to "
-                              "%zu bytes, not %u",
-                              i, (unsigned long long)off, n, len);
-        data = s->zbuf;
-    } else if (!zero && m->u.data.payload_len != len) {
-        return sess_error(s, P2V_E_PROTO, "DATA disk %u at offset %llu: payload is %zu bytes, "
-                          "not %u", i, (unsigned long long)off, m->u.data.payload_len, len);
-    }
-    if (!zero) {
-        uint8_t h[P2V_PROTO_HASH_LEN];
-        if (p2v_hash((enum p2v_hash_algo)s->hash_algo, data, len, h) < 0)
-            return sess_error(s, P2V_E_INTERNAL, "cannot compute a hash");
-        if (memcmp(h, m->u.data.hash, P2V_PROTO_HASH_LEN) != 0)
-            return sess_error(s, P2V_E_HASH,
-                              "DATA disk %u at offset %llu (%u bytes): the content does not "
-                              "match its %s hash",
-                              i, (unsigned long long)off, len,
-                              p2v_hash_name((enum p2v_hash_algo)s->hash_algo));
-    }
-
-    /* verified: now write */
-    snprintf(name, sizeof name, "disk%u.part", i);
-    if (srv_disk_write(job, i, data, len, off, zero, &err) < 0) {
+    if (sl->werr) {
+        snprintf(name, sizeof name, "disk%u.part", i);
+        pthread_mutex_lock(&s->iolock);
         srv_job_close_files(job);
-        return sess_io_error(s, err.code, name, "write");
+        pthread_mutex_unlock(&s->iolock);
+        return sess_io_error(s, sl->werr, name, "write");
     }
 
     struct sess_pend *p = &s->pend[s->npend++];
@@ -453,6 +578,118 @@ static int on_data(struct srv_session *s, const struct p2v_msg *m)
     s->frames++;
     if (s->pend_bytes >= s->srv->store.window / 2 || s->npend >= SESS_PEND_MAX)
         return sess_commit(s, true);
+    return 0;
+}
+
+static void sess_stop_pipeline(struct srv_session *s);
+
+/* Write every queued frame. 0 / -1 (an ERROR frame was sent, or the connection is gone
+ * and nothing more is written). */
+static int sess_drain(struct srv_session *s)
+{
+    while (s->written < s->queued)
+        if (write_next(s) < 0) {
+            sess_stop_pipeline(s); /* the rest is dropped: sent again after a reconnect */
+            return -1;
+        }
+    return 0;
+}
+
+/* Every frame queued and written, then an error: the wire's order of replies. */
+#define sess_error_drained(s, ...) \
+    (sess_drain(s) < 0 ? -1 : sess_error(s, __VA_ARGS__))
+
+static int start_pipeline(struct srv_session *s)
+{
+    if (s->vstarted)
+        return 0;
+    if (!s->dctx && !(s->dctx = ZSTD_createDCtx()))
+        return -1;
+    pthread_mutex_init(&s->vlock, NULL);
+    pthread_mutex_init(&s->iolock, NULL);
+    pthread_cond_init(&s->vwork, NULL);
+    pthread_cond_init(&s->wwork, NULL);
+    pthread_cond_init(&s->vdone, NULL);
+    if (pthread_create(&s->verifier, NULL, verifier_main, s) != 0)
+        goto fail;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        pthread_mutex_lock(&s->vlock);
+        s->vstop = true;
+        pthread_cond_signal(&s->vwork);
+        pthread_mutex_unlock(&s->vlock);
+        pthread_join(s->verifier, NULL);
+        s->vstop = false;
+        goto fail;
+    }
+    s->vstarted = true;
+    return 0;
+fail:
+    pthread_cond_destroy(&s->vdone);
+    pthread_cond_destroy(&s->wwork);
+    pthread_cond_destroy(&s->vwork);
+    pthread_mutex_destroy(&s->iolock);
+    pthread_mutex_destroy(&s->vlock);
+    return -1;
+}
+
+/* Stop the verifier and the writer (each after the frame it works on); what is still
+ * queued is dropped. The session ends after this. */
+static void sess_stop_pipeline(struct srv_session *s)
+{
+    if (!s->vstarted)
+        return;
+    pthread_mutex_lock(&s->vlock);
+    s->vstop = true;
+    pthread_cond_signal(&s->vwork);
+    pthread_cond_signal(&s->wwork);
+    pthread_mutex_unlock(&s->vlock);
+    pthread_join(s->verifier, NULL);
+    pthread_join(s->writer, NULL);
+    pthread_cond_destroy(&s->vdone);
+    pthread_cond_destroy(&s->wwork);
+    pthread_cond_destroy(&s->vwork);
+    pthread_mutex_destroy(&s->iolock);
+    pthread_mutex_destroy(&s->vlock);
+    s->vstarted = false;
+    s->queued = s->verified = s->wrote = s->written = 0;
+}
+
+/* Step 5: a DATA frame read into s->body. The checks that need no payload work happen
+ * here; then the frame goes to the verifier with its body (s->body gets the slot's empty
+ * one), the oldest frame written first when SESS_INFLIGHT are queued. */
+static int on_data(struct srv_session *s, const struct p2v_msg *m)
+{
+    struct srv_job *job = s->job;
+    struct p2v_err err = {0};
+    uint32_t i = m->u.data.disk;
+    if (i >= P2V_PROTO_DISKS_MAX || !s->declared[i])
+        return sess_error_drained(s, P2V_E_DISK, "DATA for disk %u, which was not declared", i);
+    struct srv_disk *d = &job->disks[i];
+    if (p2v_proto_check_data(m, d->size, &err) < 0)
+        return sess_error_drained(s, P2V_E_DISK, "disk %u: %s", i, err.msg);
+    uint32_t len = m->u.data.len;
+    bool zero = (m->flags & P2V_DATA_ZERO) != 0;
+    if (!zero && !(m->flags & P2V_DATA_ZSTD) && m->u.data.payload_len != len)
+        return sess_error_drained(s, P2V_E_PROTO, "DATA disk %u at offset %llu: payload is "
+                                  "%zu bytes, not %u", i,
+                                  (unsigned long long)m->u.data.off, m->u.data.payload_len,
+                                  len);
+    if (start_pipeline(s) < 0)
+        return sess_error_drained(s, P2V_E_INTERNAL, "cannot start the verifier and the "
+                                  "writer: out of memory or threads");
+    if (s->queued - s->written == SESS_INFLIGHT && write_next(s) < 0) {
+        sess_stop_pipeline(s);
+        return -1;
+    }
+    struct sess_slot *sl = &s->slot[s->queued % SESS_INFLIGHT];
+    struct p2v_buf t = sl->body;
+    sl->body = s->body; /* m's payload points into this storage, which moves with it */
+    s->body = t;
+    sl->m = *m;
+    pthread_mutex_lock(&s->vlock);
+    s->queued++;
+    pthread_cond_signal(&s->vwork);
+    pthread_mutex_unlock(&s->vlock);
     return 0;
 }
 
@@ -634,6 +871,8 @@ static int on_pass(struct srv_session *s, const struct p2v_msg *m)
  * the session failed (already reported). */
 static int sess_dispatch(struct srv_session *s, const struct p2v_msg *m)
 {
+    if (m->type != P2V_MSG_DATA && sess_drain(s) < 0)
+        return -1;
     if (!s->job) {
         if (m->type != P2V_MSG_HELLO)
             return sess_error(s, P2V_E_PROTO, "expected HELLO, got %s",
@@ -683,7 +922,7 @@ static void sess_loop(struct srv_session *s)
 
     for (;;) {
         if (atomic_load(&srv->stopping)) {
-            if (sess_commit(s, true) == 0)
+            if (sess_drain(s) == 0 && sess_commit(s, true) == 0)
                 sess_error(s, P2V_E_SHUTDOWN, "the server is shutting down");
             return;
         }
@@ -695,7 +934,8 @@ static void sess_loop(struct srv_session *s)
             if (s->job)
                 srv_job_log(s->job, "session %llu: idle for %.0f s: closed",
                             (unsigned long long)s->job->sessions, limit);
-            sess_commit(s, false);
+            if (sess_drain(s) == 0)
+                sess_commit(s, false);
             return;
         }
         if (s->npend && now - s->pend_since >= SESS_COMMIT_INTERVAL) {
@@ -703,7 +943,15 @@ static void sess_loop(struct srv_session *s)
                 return;
         }
         sess_periodic(s);
-        if (!p2v_conn_readable(s->conn)) {
+        bool readable = p2v_conn_readable(s->conn);
+        if (!readable && s->written < s->queued) {
+            /* nothing to read yet: write what is verified rather than wait idle (the
+             * agent may be waiting for the COMMITTED these writes bring) */
+            if (sess_drain(s) < 0)
+                return;
+            continue;
+        }
+        if (!readable) {
             double wait = last_frame + limit - now;
             if (s->npend)
                 wait = P2V_MIN(wait, s->pend_since + SESS_COMMIT_INTERVAL - now);
@@ -725,17 +973,19 @@ static void sess_loop(struct srv_session *s)
             srv_log(srv, P2V_LOG_INFO, "%s: job %s: the agent closed the connection", s->peer,
                     job_id(s));
             s->dead = true;
-            sess_commit(s, false);
+            if (sess_drain(s) == 0)
+                sess_commit(s, false);
             return;
         }
         if (r < 0) {
             if (err.code == EPROTO) {
-                sess_error(s, P2V_E_PROTO, "%s", err.msg);
+                sess_error_drained(s, P2V_E_PROTO, "%s", err.msg);
             } else {
                 srv_log(srv, P2V_LOG_WARN, "%s: job %s: connection lost: %s", s->peer,
                         job_id(s), err.msg);
                 s->dead = true;
-                sess_commit(s, false);
+                if (sess_drain(s) == 0)
+                    sess_commit(s, false);
             }
             return;
         }
@@ -759,6 +1009,8 @@ struct srv_session *srv_session_new(struct srv_server *srv, int fd, const char *
     s->reject_busy = reject_busy;
     snprintf(s->peer, sizeof s->peer, "%s", peer);
     p2v_buf_init(&s->body, P2V_PROTO_BODY_MAX);
+    for (unsigned k = 0; k < SESS_INFLIGHT; k++)
+        p2v_buf_init(&s->slot[k].body, P2V_PROTO_BODY_MAX);
     p2v_buf_init(&s->out, P2V_PROTO_BODY_MAX);
     pthread_mutex_lock(&srv->lock);
     s->next = srv->sessions;
@@ -810,6 +1062,7 @@ static void linger_close(struct srv_session *s)
 void srv_session_free(struct srv_session *s)
 {
     struct srv_server *srv = s->srv;
+    sess_stop_pipeline(s); /* before the job goes: the writer uses it */
     if (s->job) {
         srv_job_log(s->job, "session %llu ended: %llu DATA frames, %llu bytes committed",
                     (unsigned long long)s->job->sessions, (unsigned long long)s->c_frames,
@@ -821,9 +1074,12 @@ void srv_session_free(struct srv_session *s)
     s->conn = NULL;
     if (s->fd >= 0 && !s->dead)
         linger_close(s);
+    for (unsigned k = 0; k < SESS_INFLIGHT; k++) {
+        p2v_buf_release(&s->slot[k].body);
+        free(s->slot[k].zbuf);
+    }
     p2v_buf_release(&s->body);
     p2v_buf_release(&s->out);
-    free(s->zbuf);
     free(s->pend);
     free(s->recs);
     ZSTD_freeDCtx(s->dctx);
@@ -874,11 +1130,10 @@ void *srv_session_main(void *arg)
                    srv->max_sessions);
         goto out;
     }
-    s->zbuf = malloc(P2V_PROTO_CHUNK_MAX);
     s->pend = calloc(SESS_PEND_MAX, sizeof *s->pend);
     s->recs = calloc(SESS_PEND_MAX, sizeof *s->recs);
     s->dctx = ZSTD_createDCtx();
-    if (!s->zbuf || !s->pend || !s->recs || !s->dctx) {
+    if (!s->pend || !s->recs || !s->dctx) {
         sess_error(s, P2V_E_INTERNAL, "out of memory");
         goto out;
     }
