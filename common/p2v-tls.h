@@ -56,6 +56,9 @@ struct p2v_conn *p2v_conn_connect(struct p2v_tls_ctx *ctx, int fd, int timeout_m
                                   struct p2v_err *err);
 /* Connect a TCP socket to "HOST:PORT" ("[::1]:PORT" for IPv6) within @timeout_ms. fd / -1. */
 int p2v_tcp_connect(const char *hostport, int timeout_ms, struct p2v_err *err);
+/* Does @hostport resolve to loopback addresses only (127.0.0.0/8, ::1): a server on this
+ * machine? false when it does not resolve. */
+bool p2v_addr_is_loopback(const char *hostport);
 /* Listen on "HOST:PORT" (SO_REUSEADDR). fd / -1. The bound port (for PORT 0) via
  * p2v_tcp_local_port(). */
 int p2v_tcp_listen(const char *hostport, struct p2v_err *err);

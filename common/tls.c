@@ -352,6 +352,8 @@ out:
 
 /* ---------------------------------------------------------------- contexts */
 
+#define TLS_READ_BUFFER (256u << 10)
+
 static SSL_CTX *ctx_new(bool server, struct p2v_err *err)
 {
     ERR_clear_error();
@@ -367,7 +369,20 @@ static SSL_CTX *ctx_new(bool server, struct p2v_err *err)
         SSL_CTX_free(s);
         return NULL;
     }
+    /* AES-128-GCM first (TLS 1.3's mandatory suite): a third cheaper per byte than
+     * AES-256-GCM, and every byte of a disk goes through it on both sides */
+    if (!SSL_CTX_set_ciphersuites(s, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                     "TLS_CHACHA20_POLY1305_SHA256")) {
+        ssl_fail(err, EIO, "cannot set the TLS 1.3 cipher suites");
+        SSL_CTX_free(s);
+        return NULL;
+    }
     SSL_CTX_set_mode(s, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Bulk data: read ahead into a buffer of several records, so that a 1 MiB frame
+     * costs a few dozen reads of the socket rather than two per 16 KiB record (header,
+     * then body); SSL_has_pending() sees what is buffered (p2v_conn_readable). */
+    SSL_CTX_set_read_ahead(s, 1);
+    SSL_CTX_set_default_read_buffer_len(s, TLS_READ_BUFFER);
     /* every session is a fresh handshake: no tickets, no cache */
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
     if (server)
@@ -1030,6 +1045,30 @@ int p2v_tcp_connect(const char *hostport, int timeout_ms, struct p2v_err *err)
         return p2v_err_set(err, last, "cannot connect to '%s': %s", hostport, strerror(last));
     }
     return fd;
+}
+
+static bool sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+bool p2v_addr_is_loopback(const char *hostport)
+{
+    struct addrinfo *res = NULL;
+    struct p2v_err err = {0};
+    if (resolve(hostport, false, &res, &err) < 0)
+        return false;
+    bool all = res != NULL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        all = all && sockaddr_is_loopback(ai->ai_addr);
+    freeaddrinfo(res);
+    return all;
 }
 
 int p2v_tcp_listen(const char *hostport, struct p2v_err *err)
