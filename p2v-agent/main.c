@@ -51,6 +51,7 @@ static void usage(FILE *fp)
             "  --max-rate RATE         send at most RATE bytes per second (e.g. 40M)\n"
             "  --compress-level L      auto (default): adapt the zstd level to the bottleneck,\n"
             "                          from none (CPU-bound) to 3 (link-bound, --max-rate);\n"
+            "                          starting at 1 (at none for a server on loopback);\n"
             "                          or a fixed level: 1..19, 0 = none, -1.. = zstd's fast\n"
             "                          levels\n"
             "  --hash ALGO             chunk hash: auto (the faster here), sha256, blake2b\n"

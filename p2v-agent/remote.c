@@ -755,7 +755,14 @@ int agent_remote(struct agent *a)
     else
         s.hash_algo = (uint8_t)imager_hash_pick();
     a->hash_name = s.hash_algo == P2V_HASH_BLAKE2B ? "blake2b" : "sha256";
-    agent_adapt_init(&a->adapt, a->o.compress_level);
+    /* Auto compression with the server on this machine: the "link" is a memory copy and
+     * the server shares our CPUs, so compressing only costs CPU on both sides. Start at
+     * none (the controller still climbs if sending ever becomes the wait); --max-rate
+     * says the link is slow after all, and keeps the usual start. */
+    agent_adapt_init(&a->adapt, a->o.compress_auto && a->o.max_rate == 0 &&
+                                        p2v_addr_is_loopback(a->o.server)
+                                    ? 0
+                                    : a->o.compress_level);
     a->st.level_final =
         a->o.compress_auto ? agent_adapt_current(&a->adapt) : a->o.compress_level;
     if (build_facts(a, &facts) < 0) {
