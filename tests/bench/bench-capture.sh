@@ -11,7 +11,9 @@
 # Sources: a 4 GiB mixed raw disk (a third random, a third zeros, a third text) and an
 # 8 GiB disk holding one ext4 file system 10% full whose free blocks hold old garbage (as
 # on a used physical disk). Medians of P2V_BENCH_RUNS (default 3) runs, alternating;
-# ratios ours/anchor. Also: peak RSS of agent and server, bytes on the wire.
+# ratios ours/anchor. Also: peak RSS of agent and server, bytes on the wire, and the CPU
+# seconds (user + system) agent and server spent per capture (medians): their sum over
+# the machine's CPUs is the least time the capture can take here.
 # Targets: 4 GiB mixed <= 1.0x local qemu-img and <= 0.5x virt-p2v-style; 8 GiB ext4 10%
 # full <= 0.2x qemu-img; agent and server peak RSS <= 64 MiB.
 #   P2V_BENCH_CASES="mixed4g ext8g" P2V_BENCH_RUNS=3 bench-capture.sh
@@ -134,9 +136,11 @@ v2v_start() {
 }
 v2v_stop() { kill "$TUNNEL" "$NBDKIT" 2>/dev/null || true; wait "$TUNNEL" "$NBDKIT" 2>/dev/null || true; }
 
+# the CPU seconds (user + system) process PID has used so far
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-printf '%-8s %8s %8s %8s %8s %7s %7s %7s %10s %10s %9s\n' case "ours(s)" "qemu(s)" "qsync(s)" "v2v(s)" "o/qemu" "o/qsync" "o/v2v" "agent RSS" "srv RSS" "wire MiB"
+printf '%-8s %8s %8s %8s %8s %7s %7s %7s %10s %10s %9s %7s %7s\n' case "ours(s)" "qemu(s)" "qsync(s)" "v2v(s)" "o/qemu" "o/qsync" "o/v2v" "agent RSS" "srv RSS" "wire MiB" "a.cpu" "s.cpu"
 fail=0
 n=0
 for c in $cases; do
@@ -145,15 +149,19 @@ for c in $cases; do
     ext8g) src=$ext8; do_v2v=0;;
     *) echo "bench-capture: unknown case $c"; exit 2;;
     esac
-    : >"$work/ours"; : >"$work/qemu"; : >"$work/qsync"; : >"$work/v2v"; arss=0; wire=0
+    : >"$work/ours"; : >"$work/qemu"; : >"$work/qsync"; : >"$work/v2v"; : >"$work/acpu"; : >"$work/scpu"
+    arss=0; wire=0
     for r in $(seq "$runs"); do
         n=$((n + 1))
         sync; t=$(now)
-        /usr/bin/time -f '%M' -o "$work/arss" "$agent" --server "127.0.0.1:$port" --fingerprint "$fp" \
+        s0=$(cpu_s $spid)
+        /usr/bin/time -f '%M %U %S' -o "$work/arss" "$agent" --server "127.0.0.1:$port" --fingerprint "$fp" \
             --token "$token" --progress none --json --name "b$n" --disk "$src" >"$work/ev" 2>"$work/agent.err" ||
             { echo "bench-capture: agent failed:"; tail -3 "$work/agent.err"; exit 1; }
         elapsed "$t" >>"$work/ours"
-        a=$(cat "$work/arss"); [ "$a" -gt "$arss" ] && arss=$a
+        read -r a au as <"$work/arss"; [ "$a" -gt "$arss" ] && arss=$a
+        awk -v u="$au" -v s="$as" 'BEGIN {printf "%.2f\n", u + s}' >>"$work/acpu"
+        awk -v a="$s0" -v b="$(cpu_s $spid)" 'BEGIN {printf "%.2f\n", b - a}' >>"$work/scpu"
         wire=$(python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     o = json.loads(l) if l.startswith("{") else {}
@@ -185,10 +193,12 @@ for l in open(sys.argv[1]):
     rq=$(awk -v a="$ot" -v b="$qt" 'BEGIN {printf "%.2f", a / b}')
     rs=$(awk -v a="$ot" -v b="$st" 'BEGIN {printf "%.2f", a / b}')
     srss=$(peak_rss $spid)
-    printf '%-8s %8s %8s %8s %8s %7s %7s %7s %6d MiB %6d MiB %9d\n' "$c" "$ot" "$qt" "$st" "$vt" \
-        "$rq" "$rs" "$rv" $((arss / 1024)) $((srss / 1024)) $((wire >> 20))
+    printf '%-8s %8s %8s %8s %8s %7s %7s %7s %6d MiB %6d MiB %9d %7s %7s\n' "$c" "$ot" "$qt" "$st" "$vt" \
+        "$rq" "$rs" "$rv" $((arss / 1024)) $((srss / 1024)) $((wire >> 20)) \
+        "$(median <"$work/acpu")" "$(median <"$work/scpu")"
 done
 echo "(median of $runs runs; ours = agent start to exit, the server's qcow2 complete and"
 echo " synced; qemu = qemu-img convert (no sync), qsync = with -t writeback; v2v = nbdkit +"
-echo " ssh -L + qemu-img convert; o/X = ratio of medians; RSS = peak; wire = TLS bytes sent)"
+echo " ssh -L + qemu-img convert; o/X = ratio of medians; RSS = peak; wire = TLS bytes sent;"
+echo " a.cpu, s.cpu = CPU seconds (user + system) of agent and server per capture, medians)"
 exit $fail
