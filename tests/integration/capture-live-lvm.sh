@@ -39,7 +39,7 @@ SERVER=$(cd "$(dirname "$SERVER")" && pwd -P)/$(basename "$SERVER")
 # started once more
 for try in 1 2; do
     t0=$(date +%s)
-    "$top_srcdir/tests/kvm/nest" --cpus 2 --mem 3072 --timeout 720 --rw "$work" \
+    "$top_srcdir/tests/kvm/nest" --cpus 2 --mem 3072 --timeout 900 --rw "$work" \
         --ro "$bindir_abs" --ro "$srcdir_abs" -- \
         bash "$srcdir_abs/tests/integration/live-lvm-inner.sh" "$work" "$AGENT" "$SERVER" \
         "$srcdir_abs" >"$work/nest.out" 2>&1
