@@ -100,11 +100,11 @@ agent() { # NAME ARGS...
 
 mark setup
 # ---- 1: --live, the default --snapshot auto: one LVM volume mounted writable. At most
-# three delta passes: under the writer a delta pass sends 33 to 70 MiB depending on how
+# two delta passes: under the writer a delta pass sends 33 to 70 MiB depending on how
 # fast the nested machine runs, so whether one reaches the 32 MiB that ends the sync is
-# chance, and eight more passes under TCG cost two minutes
+# chance, and each pass more costs 15 to 60 s under TCG
 writer w1 1
-agent snap --live --max-passes 3
+agent snap --live --max-passes 2
 writer_stop w1
 res snap_fs_writable "$(touch /tmp/mnt/after && echo yes || echo no)"
 res snap_leftover "$(lvs --noheadings -o lv_name vgp2v 2>&1 | grep -c p2v-)"
