@@ -216,15 +216,17 @@ static int sess_commit(struct srv_session *s, bool notify)
         if (d->durable_at == 0)
             d->durable_at = now;
         bool durable = now - d->durable_at >= SRV_DURABLE_INTERVAL;
-        if (s->vstarted)
-            pthread_mutex_lock(&s->iolock);
+        /* the writer may be writing a later frame: the image is ours alone meanwhile */
+        bool locked = s->vstarted && pthread_mutex_lock(&s->iolock) == 0;
         int r = srv_disk_commit(job, i, s->recs, n, durable, job->sessions, &err);
-        if (s->vstarted)
+        if (r < 0)
+            /* the image may hold writes no checkpoint covers: reopen it at its last mark
+             * (what was pending is sent again after the agent reconnects); the writer
+             * then finds it closed and writes nothing more */
+            srv_job_close_files(job);
+        if (locked)
             pthread_mutex_unlock(&s->iolock);
         if (r < 0) {
-            /* the image may hold writes no checkpoint covers: reopen it at its last mark
-             * (what was pending is sent again after the agent reconnects) */
-            srv_job_close_files(job);
             snprintf(name, sizeof name, "disk%u.journal", i);
             return sess_io_error(s, err.code, name, "commit to");
         }
@@ -599,12 +601,19 @@ static int sess_drain(struct srv_session *s)
 #define sess_error_drained(s, ...) \
     (sess_drain(s) < 0 ? -1 : sess_error(s, __VA_ARGS__))
 
+static void pipeline_sync_destroy(struct srv_session *s)
+{
+    pthread_cond_destroy(&s->vdone);
+    pthread_cond_destroy(&s->wwork);
+    pthread_cond_destroy(&s->vwork);
+    pthread_mutex_destroy(&s->iolock);
+    pthread_mutex_destroy(&s->vlock);
+}
+
 static int start_pipeline(struct srv_session *s)
 {
     if (s->vstarted)
         return 0;
-    if (!s->dctx && !(s->dctx = ZSTD_createDCtx()))
-        return -1;
     pthread_mutex_init(&s->vlock, NULL);
     pthread_mutex_init(&s->iolock, NULL);
     pthread_cond_init(&s->vwork, NULL);
@@ -624,11 +633,7 @@ static int start_pipeline(struct srv_session *s)
     s->vstarted = true;
     return 0;
 fail:
-    pthread_cond_destroy(&s->vdone);
-    pthread_cond_destroy(&s->wwork);
-    pthread_cond_destroy(&s->vwork);
-    pthread_mutex_destroy(&s->iolock);
-    pthread_mutex_destroy(&s->vlock);
+    pipeline_sync_destroy(s);
     return -1;
 }
 
@@ -645,12 +650,8 @@ static void sess_stop_pipeline(struct srv_session *s)
     pthread_mutex_unlock(&s->vlock);
     pthread_join(s->verifier, NULL);
     pthread_join(s->writer, NULL);
-    pthread_cond_destroy(&s->vdone);
-    pthread_cond_destroy(&s->wwork);
-    pthread_cond_destroy(&s->vwork);
-    pthread_mutex_destroy(&s->iolock);
-    pthread_mutex_destroy(&s->vlock);
-    s->vstarted = false;
+    pipeline_sync_destroy(s);
+    s->vstarted = s->vstop = s->wfailed = false;
     s->queued = s->verified = s->wrote = s->written = 0;
 }
 
