@@ -267,9 +267,11 @@ int srv_run(const struct srv_run_opts *o)
     }
 
     /* stop: no new sessions; every live one commits, sends ERROR SHUTDOWN and ends */
+    pthread_mutex_lock(&srv.lock);
+    unsigned live = srv.nsessions;
+    pthread_mutex_unlock(&srv.lock);
     srv_log(&srv, P2V_LOG_INFO, "stopping (%s): %u session(s) to end",
-            sig_caught == SIGINT ? "SIGINT" : sig_caught == SIGTERM ? "SIGTERM" : "error",
-            srv.nsessions);
+            sig_caught == SIGINT ? "SIGINT" : sig_caught == SIGTERM ? "SIGTERM" : "error", live);
     close(srv.listen_fd);
     srv.listen_fd = -1;
     srv_http_stop(http);

@@ -223,7 +223,6 @@ struct srv_disk {
     uint64_t committed;     /* committed bytes (the journal's, kept after the job is done) */
     struct diskfmt *img;    /* the in-progress image diskN.part, NULL when not open */
     bool img_done;          /* diskN.part is complete, only its rename is left */
-    bool dirty;             /* written since its last checkpoint */
     double durable_at;      /* when its image was last synced (p2v_now) */
     struct jrnl jr;         /* jr.fd -1 when not open */
 };
@@ -311,10 +310,19 @@ const char *srv_part_format(const struct srv_job *job);
 int srv_disk_write(struct srv_job *job, unsigned index, const void *data, uint32_t len,
                    uint64_t off, bool zero, struct p2v_err *err);
 /* Commit: checkpoint the image (@durable: and fdatasync it), then append @recs and a mark
- * to the journal. On failure nothing is committed and the image must be reopened
- * (srv_job_close_files, srv_disk_open) before more is written. */
+ * to the journal, and update the disk's committed bytes. On failure nothing is committed
+ * and the image must be reopened (srv_job_close_files, srv_disk_open) before more is
+ * written. */
 int srv_disk_commit(struct srv_job *job, unsigned index, const struct jrnl_rec *recs,
                     size_t n, bool durable, uint64_t session, struct p2v_err *err);
+/* The two halves of srv_disk_commit, for a caller that lets writes into the image go on
+ * while the journal is synced: the checkpoint (the only part that uses the image; no
+ * write may run beside it) sets @mark; then the journal append (@recs and the mark, one
+ * fdatasync'd write), which leaves the disk's committed bytes to the caller. */
+int srv_disk_checkpoint(struct srv_job *job, unsigned index, bool durable, uint64_t *mark,
+                        struct p2v_err *err);
+int srv_disk_log(struct srv_job *job, unsigned index, const struct jrnl_rec *recs, size_t n,
+                 uint64_t mark, bool durable, uint64_t session, struct p2v_err *err);
 void srv_job_close_files(struct srv_job *job);
 void srv_job_free(struct srv_job *job);
 

@@ -13,7 +13,10 @@
  * COMMITTED tells the agent (server.h, the journal, says why the image itself is synced
  * only every SRV_DURABLE_INTERVAL seconds). A commit happens when half the journal window
  * is pending, after a second with anything pending, at DISK_END, DONE and HASHES, and
- * when the session ends cleanly.
+ * when the session ends cleanly. The first two run on the session's committer thread
+ * while more frames are read and written (the journal's fdatasync waits for the image's
+ * writeback on ext4, tens of milliseconds): one batch at a time, its COMMITTED sent when
+ * it is done; every other frame, and the session's end, waits for it first.
  *
  * DATA runs through three threads, so that decrypting, hashing and writing overlap: the
  * session thread reads a frame, makes the checks that need no payload work (its disk, its
@@ -25,12 +28,12 @@
  * thread drains the queue (every frame collected, or the first refused one reported)
  * before any other frame, before it waits on the socket, and before the session ends.
  * So a frame is still written only after its hash checks, the replies keep the wire's
- * order, and the image is touched by one thread at a time (iolock: the writer, or the
- * session thread's commits).
+ * order, and the image is touched by one thread at a time (iolock: the writer, or a
+ * commit's checkpoint).
  *
  * Memory per session is bounded: SESS_INFLIGHT + 1 frame bodies (<= P2V_PROTO_BODY_MAX
  * each), SESS_INFLIGHT 1 MiB decompression buffers (allocated when a compressed frame
- * comes), and at most SESS_PEND_MAX pending journal records.
+ * comes), and at most SESS_PEND_MAX pending journal records and as many being committed.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -42,6 +45,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -103,11 +107,25 @@ struct srv_session {
     bool vstarted, vstop;
     bool wfailed;                       /* the writer's: nothing more is written */
     struct sess_pend *pend;
-    struct jrnl_rec *recs;  /* scratch for one disk's records at commit */
     size_t npend;
     uint64_t pend_bytes;    /* non-zero bytes pending */
     double pend_since;
+    /* the batch with the committer thread (records taken from pend), and its result */
+    struct sess_pend *cpend;
+    size_t ncpend;
+    uint64_t cpend_bytes;
+    struct jrnl_rec *recs;  /* the committer's scratch: one disk's records */
+    bool cbusy;             /* the session thread's: a batch is out */
+    bool cready, cdone;     /* under vlock: a batch waits for the committer; it is done */
+    int cerr;               /* errno of a failed commit, 0 */
+    unsigned cerr_disk;
+    bool cdisk[P2V_PROTO_DISKS_MAX];       /* the disks in the batch */
+    uint64_t ccommitted[P2V_PROTO_DISKS_MAX]; /* their committed bytes after it */
+    pthread_t committer;
+    pthread_cond_t cwork, cdone_cv;
+    int cefd;               /* eventfd: the committer wakes the session thread's poll() */
     uint64_t c_frames, c_bytes; /* committed this session (cumulative, as in COMMITTED) */
+    uint64_t c_told;        /* c_frames in the last COMMITTED sent */
     uint64_t frames;
 };
 
@@ -195,54 +213,184 @@ static void save_job(struct srv_session *s)
 
 /* ---------------------------------------------------------------- commit */
 
-/* Make the pending chunks durable and append their records (step 6). @notify sends
- * COMMITTED. 0 / -1 (an ERROR frame was sent when the store failed). */
-static int sess_commit(struct srv_session *s, bool notify)
+/* The committer's work on the batch in cpend (step 6): per disk, the image's checkpoint
+ * (@lock: under iolock, the writer waits meanwhile), then the records and the mark
+ * appended to the journal and fdatasync'd, while the writer goes on. On failure the
+ * images are closed and cerr says why. */
+static void commit_run(struct srv_session *s, bool lock)
 {
     struct srv_job *job = s->job;
     struct p2v_err err = {0};
-    char name[32];
-    if (!job || s->npend == 0)
-        return 0;
     double now = p2v_now();
+    s->cerr = 0;
     for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++) {
         size_t n = 0;
-        for (size_t k = 0; k < s->npend; k++)
-            if (s->pend[k].disk == i)
-                s->recs[n++] = s->pend[k].rec;
+        for (size_t k = 0; k < s->ncpend; k++)
+            if (s->cpend[k].disk == i)
+                s->recs[n++] = s->cpend[k].rec;
+        s->cdisk[i] = n > 0;
         if (n == 0)
             continue;
         struct srv_disk *d = &job->disks[i];
         if (d->durable_at == 0)
             d->durable_at = now;
         bool durable = now - d->durable_at >= SRV_DURABLE_INTERVAL;
-        /* the writer may be writing a later frame: the image is ours alone meanwhile */
-        bool locked = s->vstarted && pthread_mutex_lock(&s->iolock) == 0;
-        int r = srv_disk_commit(job, i, s->recs, n, durable, job->sessions, &err);
-        if (r < 0)
+        uint64_t mark;
+        if (lock)
+            pthread_mutex_lock(&s->iolock);
+        int r = srv_disk_checkpoint(job, i, durable, &mark, &err);
+        if (lock)
+            pthread_mutex_unlock(&s->iolock);
+        if (r == 0)
+            r = srv_disk_log(job, i, s->recs, n, mark, durable, job->sessions, &err);
+        if (r < 0) {
             /* the image may hold writes no checkpoint covers: reopen it at its last mark
              * (what was pending is sent again after the agent reconnects); the writer
              * then finds it closed and writes nothing more */
+            if (lock)
+                pthread_mutex_lock(&s->iolock);
             srv_job_close_files(job);
-        if (locked)
-            pthread_mutex_unlock(&s->iolock);
-        if (r < 0) {
-            snprintf(name, sizeof name, "disk%u.journal", i);
-            return sess_io_error(s, err.code, name, "commit to");
+            if (lock)
+                pthread_mutex_unlock(&s->iolock);
+            s->cerr = err.code ? err.code : EIO;
+            s->cerr_disk = i;
+            return;
         }
         if (durable)
             d->durable_at = now;
+        s->ccommitted[i] = srv_ranges_bytes(&d->jr.committed);
     }
-    s->c_frames += s->npend;
-    s->c_bytes += s->pend_bytes;
+}
+
+static void *committer_main(void *arg)
+{
+    struct srv_session *s = arg;
+    uint64_t one = 1;
+    pthread_mutex_lock(&s->vlock);
+    for (;;) {
+        while (!s->vstop && !s->cready)
+            pthread_cond_wait(&s->cwork, &s->vlock);
+        if (!s->cready)
+            break; /* stopping, nothing handed over */
+        s->cready = false;
+        pthread_mutex_unlock(&s->vlock);
+        commit_run(s, true);
+        pthread_mutex_lock(&s->vlock);
+        s->cdone = true;
+        pthread_cond_signal(&s->cdone_cv);
+        if (write(s->cefd, &one, sizeof one) < 0) {
+            /* the counter cannot overflow: the session thread reads it each time */
+        }
+    }
+    pthread_mutex_unlock(&s->vlock);
+    return NULL;
+}
+
+/* Hand the pending records to the committer (the session thread made them; it is idle:
+ * commit_collect came first). Without the verifier's pipeline the commit runs here. */
+static void commit_begin(struct srv_session *s)
+{
+    struct sess_pend *t = s->cpend;
+    s->cpend = s->pend;
+    s->pend = t;
+    s->ncpend = s->npend;
+    s->cpend_bytes = s->pend_bytes;
     s->npend = 0;
     s->pend_bytes = 0;
-    if (!notify)
+    s->cbusy = true;
+    if (!s->vstarted) {
+        commit_run(s, false);
+        s->cdone = true;
+        return;
+    }
+    pthread_mutex_lock(&s->vlock);
+    s->cready = true;
+    pthread_cond_signal(&s->cwork);
+    pthread_mutex_unlock(&s->vlock);
+}
+
+/* True when the batch handed to the committer is done (commit_collect will not wait). */
+static bool commit_ready(struct srv_session *s)
+{
+    if (!s->cbusy)
+        return false;
+    if (!s->vstarted)
+        return true;
+    pthread_mutex_lock(&s->vlock);
+    bool done = s->cdone;
+    pthread_mutex_unlock(&s->vlock);
+    return done;
+}
+
+/* Wait for the batch with the committer, if any, and take its result: the disks'
+ * committed bytes and the session's counts, or the ERROR frame when it failed. 0 / -1. */
+static int commit_collect(struct srv_session *s)
+{
+    if (!s->cbusy)
+        return 0;
+    if (s->vstarted) {
+        uint64_t v;
+        pthread_mutex_lock(&s->vlock);
+        while (!s->cdone)
+            pthread_cond_wait(&s->cdone_cv, &s->vlock);
+        pthread_mutex_unlock(&s->vlock);
+        if (read(s->cefd, &v, sizeof v) < 0) {
+            /* EAGAIN: already read with an earlier batch's */
+        }
+    }
+    s->cbusy = s->cdone = false;
+    if (s->cerr) {
+        char name[32];
+        snprintf(name, sizeof name, "disk%u.journal", s->cerr_disk);
+        return sess_io_error(s, s->cerr, name, "commit to");
+    }
+    for (unsigned i = 0; i < P2V_PROTO_DISKS_MAX; i++)
+        if (s->cdisk[i])
+            s->job->disks[i].committed = s->ccommitted[i];
+    s->c_frames += s->ncpend;
+    s->c_bytes += s->cpend_bytes;
+    s->ncpend = 0;
+    s->cpend_bytes = 0;
+    return 0;
+}
+
+/* COMMITTED, when commits were made since the last one was sent (and the agent is still
+ * there to read it). 0 / -1. */
+static int send_committed(struct srv_session *s)
+{
+    if (s->c_frames == s->c_told || s->dead)
         return 0;
     p2v_buf_reset(&s->out);
     if (p2v_proto_put_committed(&s->out, s->c_frames, s->c_bytes) < 0)
         return sess_error(s, P2V_E_INTERNAL, "cannot encode COMMITTED");
+    s->c_told = s->c_frames;
     return sess_send(s);
+}
+
+/* Make every pending chunk durable and wait for it (step 6); @notify: then tell the agent
+ * (COMMITTED). 0 / -1 (an ERROR frame was sent when the store failed). */
+static int sess_commit(struct srv_session *s, bool notify)
+{
+    if (!s->job || commit_collect(s) < 0)
+        return s->job ? -1 : 0;
+    if (s->npend) {
+        commit_begin(s);
+        if (commit_collect(s) < 0)
+            return -1;
+    }
+    return notify ? send_committed(s) : 0;
+}
+
+/* Start a commit of what is pending and go on reading: the committer syncs the journal
+ * while more frames come. One batch is out at a time: the one before is waited for
+ * first, and its COMMITTED sent. 0 / -1. */
+static int sess_commit_async(struct srv_session *s)
+{
+    if (commit_collect(s) < 0 || send_committed(s) < 0)
+        return -1;
+    if (s->npend)
+        commit_begin(s);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- handlers */
@@ -553,6 +701,9 @@ static int write_next(struct srv_session *s)
     uint32_t len = m->u.data.len;
     bool zero = (m->flags & P2V_DATA_ZERO) != 0;
     if (sl->werr) {
+        /* a failed commit closes the images, and the writer then fails: its cause first */
+        if (commit_collect(s) < 0)
+            return -1;
         snprintf(name, sizeof name, "disk%u.part", i);
         pthread_mutex_lock(&s->iolock);
         srv_job_close_files(job);
@@ -579,7 +730,7 @@ static int write_next(struct srv_session *s)
     }
     s->frames++;
     if (s->pend_bytes >= s->srv->store.window / 2 || s->npend >= SESS_PEND_MAX)
-        return sess_commit(s, true);
+        return sess_commit_async(s);
     return 0;
 }
 
@@ -587,7 +738,7 @@ static void sess_stop_pipeline(struct srv_session *s);
 
 /* Write every queued frame. 0 / -1 (an ERROR frame was sent, or the connection is gone
  * and nothing more is written). */
-static int sess_drain(struct srv_session *s)
+static int drain_frames(struct srv_session *s)
 {
     while (s->written < s->queued)
         if (write_next(s) < 0) {
@@ -597,12 +748,28 @@ static int sess_drain(struct srv_session *s)
     return 0;
 }
 
+/* Write every queued frame and wait for the commit that is out, its COMMITTED sent. */
+static int sess_drain(struct srv_session *s)
+{
+    if (drain_frames(s) < 0)
+        return -1;
+    if (commit_collect(s) < 0 || send_committed(s) < 0) {
+        sess_stop_pipeline(s);
+        return -1;
+    }
+    return 0;
+}
+
 /* Every frame queued and written, then an error: the wire's order of replies. */
 #define sess_error_drained(s, ...) \
     (sess_drain(s) < 0 ? -1 : sess_error(s, __VA_ARGS__))
 
 static void pipeline_sync_destroy(struct srv_session *s)
 {
+    close(s->cefd);
+    s->cefd = -1;
+    pthread_cond_destroy(&s->cdone_cv);
+    pthread_cond_destroy(&s->cwork);
     pthread_cond_destroy(&s->vdone);
     pthread_cond_destroy(&s->wwork);
     pthread_cond_destroy(&s->vwork);
@@ -614,31 +781,47 @@ static int start_pipeline(struct srv_session *s)
 {
     if (s->vstarted)
         return 0;
+    /* a commit made before the pipeline (none is) would be waited for without it */
+    if (commit_collect(s) < 0)
+        return -1;
+    if ((s->cefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        return -1;
     pthread_mutex_init(&s->vlock, NULL);
     pthread_mutex_init(&s->iolock, NULL);
     pthread_cond_init(&s->vwork, NULL);
     pthread_cond_init(&s->wwork, NULL);
     pthread_cond_init(&s->vdone, NULL);
+    pthread_cond_init(&s->cwork, NULL);
+    pthread_cond_init(&s->cdone_cv, NULL);
+    int started = 0;
     if (pthread_create(&s->verifier, NULL, verifier_main, s) != 0)
         goto fail;
-    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-        pthread_mutex_lock(&s->vlock);
-        s->vstop = true;
-        pthread_cond_signal(&s->vwork);
-        pthread_mutex_unlock(&s->vlock);
-        pthread_join(s->verifier, NULL);
-        s->vstop = false;
+    started++;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
         goto fail;
-    }
+    started++;
+    if (pthread_create(&s->committer, NULL, committer_main, s) != 0)
+        goto fail;
     s->vstarted = true;
     return 0;
 fail:
+    pthread_mutex_lock(&s->vlock);
+    s->vstop = true;
+    pthread_cond_signal(&s->vwork);
+    pthread_cond_signal(&s->wwork);
+    pthread_mutex_unlock(&s->vlock);
+    if (started > 0)
+        pthread_join(s->verifier, NULL);
+    if (started > 1)
+        pthread_join(s->writer, NULL);
+    s->vstop = false;
     pipeline_sync_destroy(s);
     return -1;
 }
 
-/* Stop the verifier and the writer (each after the frame it works on); what is still
- * queued is dropped. The session ends after this. */
+/* Stop the verifier and the writer (each after the frame it works on) and the committer
+ * (after the batch it has, whose result is dropped: the journal tells the next session);
+ * what is still queued is dropped. The session ends after this. */
 static void sess_stop_pipeline(struct srv_session *s)
 {
     if (!s->vstarted)
@@ -647,12 +830,17 @@ static void sess_stop_pipeline(struct srv_session *s)
     s->vstop = true;
     pthread_cond_signal(&s->vwork);
     pthread_cond_signal(&s->wwork);
+    pthread_cond_signal(&s->cwork);
     pthread_mutex_unlock(&s->vlock);
     pthread_join(s->verifier, NULL);
     pthread_join(s->writer, NULL);
+    pthread_join(s->committer, NULL);
     pipeline_sync_destroy(s);
     s->vstarted = s->vstop = s->wfailed = false;
     s->queued = s->verified = s->wrote = s->written = 0;
+    s->cbusy = s->cready = s->cdone = false;
+    s->ncpend = 0;
+    s->cpend_bytes = 0;
 }
 
 /* Step 5: a DATA frame read into s->body. The checks that need no payload work happen
@@ -939,8 +1127,10 @@ static void sess_loop(struct srv_session *s)
                 sess_commit(s, false);
             return;
         }
+        if (commit_ready(s) && (commit_collect(s) < 0 || send_committed(s) < 0))
+            return;
         if (s->npend && now - s->pend_since >= SESS_COMMIT_INTERVAL) {
-            if (sess_commit(s, true) < 0)
+            if (sess_commit_async(s) < 0)
                 return;
         }
         sess_periodic(s);
@@ -948,7 +1138,7 @@ static void sess_loop(struct srv_session *s)
         if (!readable && s->written < s->queued) {
             /* nothing to read yet: write what is verified rather than wait idle (the
              * agent may be waiting for the COMMITTED these writes bring) */
-            if (sess_drain(s) < 0)
+            if (drain_frames(s) < 0)
                 return;
             continue;
         }
@@ -959,9 +1149,12 @@ static void sess_loop(struct srv_session *s)
             if (s->job && s->job->active)
                 wait = P2V_MIN(wait, SESS_SAVE_INTERVAL);
             int ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
-            struct pollfd pfd[2] = {{.fd = s->fd, .events = POLLIN},
-                                    {.fd = srv->stop_pipe[0], .events = POLLIN}};
-            int pr = poll(pfd, 2, ms);
+            /* the committer's eventfd too: the agent may wait for its COMMITTED */
+            struct pollfd pfd[3] = {{.fd = s->fd, .events = POLLIN},
+                                    {.fd = srv->stop_pipe[0], .events = POLLIN},
+                                    {.fd = s->cbusy && s->vstarted ? s->cefd : -1,
+                                     .events = POLLIN}};
+            int pr = poll(pfd, 3, ms);
             if (pr < 0 && errno != EINTR) {
                 srv_log(srv, P2V_LOG_ERROR, "%s: poll: %s", s->peer, strerror(errno));
                 return;
@@ -1007,6 +1200,7 @@ struct srv_session *srv_session_new(struct srv_server *srv, int fd, const char *
         return NULL;
     s->srv = srv;
     s->fd = fd;
+    s->cefd = -1;
     s->reject_busy = reject_busy;
     snprintf(s->peer, sizeof s->peer, "%s", peer);
     p2v_buf_init(&s->body, P2V_PROTO_BODY_MAX);
@@ -1082,6 +1276,7 @@ void srv_session_free(struct srv_session *s)
     p2v_buf_release(&s->body);
     p2v_buf_release(&s->out);
     free(s->pend);
+    free(s->cpend);
     free(s->recs);
     ZSTD_freeDCtx(s->dctx);
     pthread_mutex_lock(&srv->lock);
@@ -1132,9 +1327,10 @@ void *srv_session_main(void *arg)
         goto out;
     }
     s->pend = calloc(SESS_PEND_MAX, sizeof *s->pend);
+    s->cpend = calloc(SESS_PEND_MAX, sizeof *s->cpend);
     s->recs = calloc(SESS_PEND_MAX, sizeof *s->recs);
     s->dctx = ZSTD_createDCtx();
-    if (!s->pend || !s->recs || !s->dctx) {
+    if (!s->pend || !s->cpend || !s->recs || !s->dctx) {
         sess_error(s, P2V_E_INTERNAL, "out of memory");
         goto out;
     }

@@ -1108,7 +1108,6 @@ static void disk_close(struct srv_disk *d)
     diskfmt_abandon(d->img);
     d->img = NULL;
     d->img_done = false;
-    d->dirty = false;
 }
 
 static int disk_reset(struct srv_job *job, unsigned i, uint8_t hash_algo, struct p2v_err *err)
@@ -1216,44 +1215,48 @@ int srv_disk_write(struct srv_job *job, unsigned i, const void *data, uint32_t l
     struct srv_disk *d = &job->disks[i];
     if (!d->img)
         return p2v_err_set(err, EBADF, "disk %u: its image is not open for writing", i);
-    int r = zero ? diskfmt_zero(d->img, off, len, err)
-                 : diskfmt_pwrite(d->img, data, len, off, err);
-    if (r < 0)
+    return zero ? diskfmt_zero(d->img, off, len, err) : diskfmt_pwrite(d->img, data, len, off, err);
+}
+
+int srv_disk_checkpoint(struct srv_job *job, unsigned i, bool durable, uint64_t *mark,
+                        struct p2v_err *err)
+{
+    struct srv_disk *d = &job->disks[i];
+    if (!d->img)
+        return p2v_err_set(err, EBADF, "disk %u: its image is not open for writing", i);
+    if (diskfmt_checkpoint(d->img, mark, err) < 0 || (durable && diskfmt_flush(d->img, err) < 0))
         return -1;
-    d->dirty = true;
     return 0;
 }
 
-int srv_disk_commit(struct srv_job *job, unsigned i, const struct jrnl_rec *recs, size_t n,
-                    bool durable, uint64_t session, struct p2v_err *err)
+int srv_disk_log(struct srv_job *job, unsigned i, const struct jrnl_rec *recs, size_t n,
+                 uint64_t mark, bool durable, uint64_t session, struct p2v_err *err)
 {
     struct srv_disk *d = &job->disks[i];
     struct jrnl_rec *v = malloc((n + 1) * sizeof *v);
-    uint64_t mark;
-    int r = -1;
     if (!v)
         return p2v_err_set(err, ENOMEM, "out of memory");
-    if (!d->img) {
-        p2v_err_set(err, EBADF, "disk %u: its image is not open for writing", i);
-        goto out;
-    }
-    /* the image first: the records and the mark must never run ahead of it */
-    if (diskfmt_checkpoint(d->img, &mark, err) < 0 || (durable && diskfmt_flush(d->img, err) < 0))
-        goto out;
     memcpy(v, recs, n * sizeof *v);
     memset(&v[n], 0, sizeof v[n]);
     v[n].off = mark;
     v[n].flags = JRNL_REC_MARK | (durable ? JRNL_REC_DURABLE : 0);
     jrnl_boot_id(v[n].hash);
     v[n].session = session;
-    if (jrnl_append(&d->jr, v, n + 1, err) < 0)
-        goto out;
-    d->dirty = false;
-    d->committed = srv_ranges_bytes(&d->jr.committed);
-    r = 0;
-out:
+    int r = jrnl_append(&d->jr, v, n + 1, err);
     free(v);
     return r;
+}
+
+int srv_disk_commit(struct srv_job *job, unsigned i, const struct jrnl_rec *recs, size_t n,
+                    bool durable, uint64_t session, struct p2v_err *err)
+{
+    uint64_t mark;
+    /* the image first: the records and the mark must never run ahead of it */
+    if (srv_disk_checkpoint(job, i, durable, &mark, err) < 0 ||
+        srv_disk_log(job, i, recs, n, mark, durable, session, err) < 0)
+        return -1;
+    job->disks[i].committed = srv_ranges_bytes(&job->disks[i].jr.committed);
+    return 0;
 }
 
 void srv_job_close_files(struct srv_job *job)
