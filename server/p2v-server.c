@@ -82,7 +82,7 @@ static void usage_run(FILE *fp)
             "                       once converted also any of vmdk (+ .vmx, .ovf), ova,\n"
             "                       qcow2, raw, vhd; e.g. qcow2,vmdk,ova\n"
             "  --window SIZE        journal window: the most un-committed data an agent may\n"
-            "                       have in flight (default 32M; 1M..1G)\n"
+            "                       have in flight (default 64M; 1M..1G)\n"
             "  --max-sessions N     concurrent sessions (default 64); more get ERROR BUSY\n"
             "  --port-file FILE     write the port listened on to FILE once listening\n"
             "  --http ADDR:PORT     serve a read-only status page and JSON API over plain\n"
@@ -371,7 +371,7 @@ static int cmd_run(int argc, char **argv)
     struct srv_run_opts o = {
         .listen = "0.0.0.0:7878",
         .format = "qcow2",
-        .window = 32u << 20,
+        .window = 64u << 20,
         .max_sessions = 64,
         .pipeline = {.until = JOB_VERIFIED, .inject = true, .max_inject = 2, .max_verify = 2,
                      .engine = "auto", .verify_timeout = 300},

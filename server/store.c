@@ -232,7 +232,7 @@ int srv_store_open(struct srv_store *st, const char *path, bool for_run, struct 
     st->dirfd = st->jobsfd = st->logfd = st->lockfd = st->reservefd = -1;
     pthread_mutex_init(&st->lock, NULL);
     snprintf(st->format, sizeof st->format, "qcow2");
-    st->window = 32u << 20;
+    st->window = 64u << 20;
 
     st->path = realpath(path, NULL);
     if (!st->path) {

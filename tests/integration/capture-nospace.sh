@@ -14,7 +14,8 @@ mkdir -p "$store"
 mount -t tmpfs -o size=40M p2vkit-test "$store" || skip_all "cannot mount a tmpfs"
 _mounts+=("$store")
 store_init "$store"
-server_start "$store"
+# a window well under the room left for the big job: it commits some before the store fills
+server_start "$store" 0 --window 8M
 
 mkdisk "$work/small.raw" 8 3 0
 mkdisk "$work/big.raw" 96 5 0
