@@ -185,7 +185,8 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
  * only). */
 int imager_pipeline_next(struct imager_pipeline *p, struct imager_chunk *c,
                          struct p2v_err *err);
-/* Bytes read from the source so far, and bytes of chunks skipped because of @skip. */
+/* Bytes read from the source so far (the holes of a sparse source file count, though they
+ * are not read), and bytes of chunks skipped because of @skip. */
 uint64_t imager_pipeline_bytes_read(const struct imager_pipeline *p);
 /* Of those, the bytes of chunks skipped because of @skip (not read). */
 uint64_t imager_pipeline_bytes_skipped(const struct imager_pipeline *p);

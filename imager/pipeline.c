@@ -4,7 +4,9 @@
  * chunk_size in disk coordinates, never crossing an extent's end), drops the chunks that
  * lie wholly inside a skip range, and reads runs of contiguous chunks with one large
  * preadv (up to PIPE_READ_MAX bytes, ending on a PIPE_READ_MAX boundary) straight into
- * the chunk slots. Worker threads take the slots from a FIFO and do the CPU work: zero
+ * the chunk slots. When the source is a regular file (an image file), a chunk that lies
+ * wholly in a hole of it (SEEK_DATA / SEEK_HOLE) is handed out as a zero chunk without
+ * a read, as qemu-img does; holes count as read. Worker threads take the slots from a FIFO and do the CPU work: zero
  * detection, the content hash (common's p2v_digest: one context per worker) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
  * data from costing a compression attempt). The level is an atomic that each worker reads
  * once per chunk, so an adaptive pipeline's caller can change it at any time
@@ -116,6 +118,11 @@ struct imager_pipeline {
     int retries;
     bool skip_bad;
     size_t batch_max;
+
+    /* the reader's: holes of a regular source file (pipe_in_hole) */
+    bool sparse;
+    uint64_t file_size;
+    uint64_t h_from, h_data, h_data_end; /* [h_from, h_data) hole, then data to h_data_end */
 
     /* shared, under lock */
     pthread_mutex_t lock;
@@ -414,6 +421,43 @@ static int pipe_read_batch(struct imager_pipeline *p, struct pipe_slot **batch, 
     return nfail < nb ? -1 : 0;
 }
 
+/* True when [@pos, @end) lies wholly in a hole of the source file, so it reads as zeros.
+ * The hole and the data run after @pos are found with SEEK_DATA and SEEK_HOLE and kept:
+ * a run of data or of holes costs two lseeks, not two a chunk. A failing lseek (a file
+ * system without them reports all data, which is never a hole) turns the probing off. */
+static bool pipe_in_hole(struct imager_pipeline *p, uint64_t pos, uint64_t end)
+{
+    if (!p->sparse || end > p->file_size)
+        return false;
+    if (pos < p->h_from || pos >= p->h_data_end) {
+        off_t d = lseek(p->fd, (off_t)pos, SEEK_DATA), h;
+        if (d < 0 && errno == ENXIO) /* nothing but holes to the end */
+            d = h = (off_t)p->file_size;
+        else if (d < 0 || (h = lseek(p->fd, d, SEEK_HOLE)) < 0 || h < d) {
+            p->sparse = false;
+            return false;
+        }
+        p->h_from = pos;
+        p->h_data = (uint64_t)d;
+        p->h_data_end = P2V_MAX((uint64_t)h, pos + 1);
+    }
+    return end <= p->h_data;
+}
+
+/* Hand out the chunk in @s as zeros: it lies in a hole (pipe_in_hole); nothing to read or
+ * hash. */
+static void pipe_put_hole(struct imager_pipeline *p, struct pipe_slot *s)
+{
+    __atomic_fetch_add(&p->bytes_read, s->len, __ATOMIC_RELAXED);
+    memset(s->hash, 0, sizeof(s->hash));
+    s->zero = true;
+    pthread_mutex_lock(&p->lock);
+    s->state = SLOT_DONE;
+    if (s->seq == p->next_seq)
+        pthread_cond_signal(&p->cond_done);
+    pthread_mutex_unlock(&p->lock);
+}
+
 static void *pipe_reader_main(void *arg)
 {
     struct imager_pipeline *p = arg;
@@ -442,7 +486,8 @@ static void *pipe_reader_main(void *arg)
                 pos = np;
                 continue;
             }
-            if (nb && batch_end != pos) {
+            bool hole = pipe_in_hole(p, pos, cend);
+            if (nb && (batch_end != pos || hole)) {
                 if (pipe_read_batch(p, batch, nb) < 0)
                     goto out;
                 nb = 0;
@@ -452,6 +497,11 @@ static void *pipe_reader_main(void *arg)
                 goto release;
             s->off = pos;
             s->len = (uint32_t)(cend - pos);
+            if (hole) {
+                pipe_put_hole(p, s);
+                pos = cend;
+                continue;
+            }
             batch[nb++] = s;
             batch_end = cend;
             pos = cend;
@@ -713,6 +763,11 @@ struct imager_pipeline *imager_pipeline_start(const struct imager_pipeline_opts 
     p->nskip = opts->nskip;
     p->chunk_size = cs;
     p->sector_size = pipe_sector_size(opts->fd);
+    struct stat st;
+    if (fstat(opts->fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+        p->sparse = true;
+        p->file_size = (uint64_t)st.st_size;
+    }
     p->hash = opts->hash;
     p->level = opts->zstd_level;
     p->adaptive = opts->adaptive;
