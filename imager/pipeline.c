@@ -6,7 +6,10 @@
  * preadv (up to PIPE_READ_MAX bytes, ending on a PIPE_READ_MAX boundary) straight into
  * the chunk slots. When the source is a regular file (an image file), a chunk that lies
  * wholly in a hole of it (SEEK_DATA / SEEK_HOLE) is handed out as a zero chunk without
- * a read, as qemu-img does; holes count as read. Worker threads take the slots from a FIFO and do the CPU work: zero
+ * a read, as qemu-img does; holes count as read. Ahead of the reads, the next
+ * PIPE_PREFETCH bytes of the plan are asked for with POSIX_FADV_WILLNEED, so that the
+ * disk reads while the workers hash (a physical disk is read once, never from the page
+ * cache, and one synchronous read at a time leaves it idle in between). Worker threads take the slots from a FIFO and do the CPU work: zero
  * detection, the content hash (common's p2v_digest: one context per worker) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
  * data from costing a compression attempt). The level is an atomic that each worker reads
  * once per chunk, so an adaptive pipeline's caller can change it at any time
@@ -48,6 +51,8 @@
 #include "p2v-proto.h"
 
 #define PIPE_READ_MAX (4u << 20)      /* bytes per large read */
+#define PIPE_PREFETCH (16u << 20)     /* planned bytes asked for ahead of the reads */
+#define PIPE_PREFETCH_GAP (256u << 10) /* extents closer than this: asked for as one */
 #define PIPE_BATCH_MAX 256            /* chunks per large read (iovecs; < IOV_MAX) */
 #define PIPE_SLOTS_PER_WORKER 4
 #define PIPE_THREADS_MAX 64           /* opts.threads above this is refused */
@@ -123,6 +128,7 @@ struct imager_pipeline {
     bool sparse;
     uint64_t file_size;
     uint64_t h_from, h_data, h_data_end; /* [h_from, h_data) hole, then data to h_data_end */
+    uint64_t pf_mark;                    /* the reader's: asked for up to here */
 
     /* shared, under lock */
     pthread_mutex_t lock;
@@ -444,6 +450,35 @@ static bool pipe_in_hole(struct imager_pipeline *p, uint64_t pos, uint64_t end)
     return end <= p->h_data;
 }
 
+/* Ask the kernel to read ahead the planned extents in the PIPE_PREFETCH bytes from (extent
+ * @ei, offset @pos) that were not asked for yet (readahead is advice: errors are
+ * ignored). */
+static void pipe_prefetch(struct imager_pipeline *p, size_t ei, uint64_t pos)
+{
+    uint64_t left = PIPE_PREFETCH, rs = 0, re = 0; /* [rs, re): the range being built */
+    for (size_t i = ei; i < p->count && left > 0; i++) {
+        uint64_t a = i == ei ? pos : p->ext[i].off, b = p->ext[i].off + p->ext[i].len;
+        if (a >= b)
+            continue;
+        uint64_t e = a + P2V_MIN(b - a, left);
+        left -= e - a;
+        a = P2V_MAX(a, p->pf_mark);
+        if (a >= e)
+            continue;
+        if (re > rs && a - re > PIPE_PREFETCH_GAP) {
+            (void)posix_fadvise(p->fd, (off_t)rs, (off_t)(re - rs), POSIX_FADV_WILLNEED);
+            rs = re = 0;
+        }
+        if (re == rs)
+            rs = a;
+        re = e;
+    }
+    if (re > rs) {
+        (void)posix_fadvise(p->fd, (off_t)rs, (off_t)(re - rs), POSIX_FADV_WILLNEED);
+        p->pf_mark = re;
+    }
+}
+
 /* Hand out the chunk in @s as zeros: it lies in a hole (pipe_in_hole); nothing to read or
  * hash. */
 static void pipe_put_hole(struct imager_pipeline *p, struct pipe_slot *s)
@@ -466,6 +501,8 @@ static void *pipe_reader_main(void *arg)
     uint64_t batch_end = 0;
     const uint64_t cs = p->chunk_size;
 
+    if (p->count)
+        pipe_prefetch(p, 0, p->ext[0].off);
     for (size_t ei = 0; ei < p->count; ei++) {
         uint64_t pos = p->ext[ei].off, end = p->ext[ei].off + p->ext[ei].len;
         while (pos < end) {
@@ -488,6 +525,7 @@ static void *pipe_reader_main(void *arg)
             }
             bool hole = pipe_in_hole(p, pos, cend);
             if (nb && (batch_end != pos || hole)) {
+                pipe_prefetch(p, ei, pos);
                 if (pipe_read_batch(p, batch, nb) < 0)
                     goto out;
                 nb = 0;
@@ -506,6 +544,7 @@ static void *pipe_reader_main(void *arg)
             batch_end = cend;
             pos = cend;
             if (nb == p->batch_max || cend % PIPE_READ_MAX == 0) {
+                pipe_prefetch(p, ei, pos);
                 if (pipe_read_batch(p, batch, nb) < 0)
                     goto out;
                 nb = 0;

@@ -9,7 +9,8 @@
  * the same results, byte counters, free at any moment (before, during, after), a read
  * error that is not a media error, a source shorter than its declared size, bounded
  * memory over a large file, the holes of a sparse file handed out as zero chunks without
- * a read (/proc/self/io's rchar), and bad arguments refused with a message.
+ * a read (/proc/self/io's rchar), a plan of scattered extents read ahead of the reads
+ * (mincore), and bad arguments refused with a message.
  * (Real unreadable sectors: test-bad-sectors.sh.)
  */
 #ifndef _GNU_SOURCE
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -698,13 +700,69 @@ static void test_holes(void)
     src_free(&s);
 }
 
+/* Pages of [off, off + len) of @fd in the page cache (mincore); -1 when unknown. */
+static long resident(int fd, uint64_t off, uint64_t len)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+    unsigned char *v = malloc(len / (uint64_t)pg + 1);
+    long n = -1;
+    if (m != MAP_FAILED && v && mincore(m, len, v) == 0) {
+        n = 0;
+        for (uint64_t i = 0; i < len / (uint64_t)pg; i++)
+            n += v[i] & 1;
+    }
+    if (m != MAP_FAILED)
+        munmap(m, len);
+    free(v);
+    return n;
+}
+
+/* The reader asks for the plan ahead of its reads: with the file out of the page cache, a
+ * plan of 1 MiB extents 2 MiB apart (the kernel's own readahead does not follow such a
+ * plan) and the caller holding the first chunk (the reader stops once its slots are full,
+ * about 13 extents in), an extent well past what it read is in the page cache. */
+static void test_prefetch(void)
+{
+    struct src s;
+    src_make(&s, "ahead.img", 96 * MIB, false);
+    struct imager_extent ext[48];
+    for (unsigned i = 0; i < 48; i++)
+        ext[i] = (struct imager_extent){(uint64_t)i * 2 * MIB, MIB};
+    const uint64_t at = 44 * MIB; /* extent 22 */
+    (void)fdatasync(s.fd);
+    (void)posix_fadvise(s.fd, 0, 0, POSIX_FADV_DONTNEED);
+    long before = resident(s.fd, 0, s.size);
+    if (before != 0) {
+        ok(1, "# SKIP cannot take %s out of the page cache (%ld pages left)", s.path, before);
+        src_free(&s);
+        return;
+    }
+    struct imager_pipeline_opts o = {.fd = s.fd, .path = s.path, .disk_size = s.size,
+                                     .ext = ext, .count = 48, .threads = 2,
+                                     .hash = IMAGER_HASH_SHA256};
+    struct p2v_err err;
+    struct imager_pipeline *p = imager_pipeline_start(&o, &err);
+    struct imager_chunk c;
+    long got = -1;
+    if (p && imager_pipeline_next(p, &c, &err) == 1) {
+        for (int i = 0; i < 100 && (got = resident(s.fd, at, MIB)) < (long)(MIB / 4096); i++)
+            usleep(20000);
+    }
+    imager_pipeline_free(p);
+    ok(got > 0, "read ahead: %ld pages of the extent at 44 MiB in the page cache while the "
+       "reader stopped near 26 MiB", got);
+    src_free(&s);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir))
         skip_all("cannot make a temp folder");
-    plan(60);
+    plan(61);
     test_memory_bound();
     test_holes();
+    test_prefetch();
     enum imager_hash pick = imager_hash_pick();
     ok(pick == IMAGER_HASH_SHA256 || pick == IMAGER_HASH_BLAKE2B,
        "imager_hash_pick picks %s", pick == IMAGER_HASH_SHA256 ? "sha256" : "blake2b");
