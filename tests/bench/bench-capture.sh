@@ -16,6 +16,9 @@
 # the machine's CPUs is the least time the capture can take here.
 # Targets: 4 GiB mixed <= 1.0x local qemu-img and <= 0.5x virt-p2v-style; 8 GiB ext4 10%
 # full <= 0.2x qemu-img; agent and server peak RSS <= 64 MiB.
+# P2V_BENCH_COLD=1 (root): the page cache is dropped before every timed command, so each
+# reads its source from the disk, as a capture of a physical disk does (by default the
+# sources stay in the page cache between runs, and whoever reads more pays little for it).
 #   P2V_BENCH_CASES="mixed4g ext8g" P2V_BENCH_RUNS=3 bench-capture.sh
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,13 @@ done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 now() { date +%s.%N; }
+# before a timed command: written data on disk; with P2V_BENCH_COLD, the page cache empty
+settle() {
+    sync
+    if [ -n "${P2V_BENCH_COLD:-}" ] && ! echo 3 2>/dev/null >/proc/sys/vm/drop_caches; then
+        echo "bench-capture: P2V_BENCH_COLD: cannot drop the page cache (needs root)"; exit 1
+    fi
+}
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f\n", b - a}'; }
 
 # ---- sources (cached)
@@ -153,7 +163,7 @@ for c in $cases; do
     arss=0; wire=0
     for r in $(seq "$runs"); do
         n=$((n + 1))
-        sync; t=$(now)
+        settle; t=$(now)
         s0=$(cpu_s $spid)
         /usr/bin/time -f '%M %U %S' -o "$work/arss" "$agent" --server "127.0.0.1:$port" --fingerprint "$fp" \
             --token "$token" --progress none --json --name "b$n" --disk "$src" >"$work/ev" 2>"$work/agent.err" ||
@@ -173,15 +183,15 @@ for l in open(sys.argv[1]):
             echo "bench-capture: $c: our copy differs from the source"; fail=1
         fi
         rm -rf "$store/jobs/b$n"
-        sync; t=$(now)
+        settle; t=$(now)
         qemu-img convert -f raw -O qcow2 "$src" "$work/q.qcow2"
         elapsed "$t" >>"$work/qemu"; rm -f "$work/q.qcow2"
-        sync; t=$(now)
+        settle; t=$(now)
         qemu-img convert -t writeback -f raw -O qcow2 "$src" "$work/q.qcow2"
         elapsed "$t" >>"$work/qsync"; rm -f "$work/q.qcow2"
         if [ $do_v2v = 1 ]; then
             v2v_start "$src"
-            sync; t=$(now)
+            settle; t=$(now)
             qemu-img convert -f raw -O qcow2 "nbd://127.0.0.1:$NBDPORT" "$work/v.qcow2"
             elapsed "$t" >>"$work/v2v"; rm -f "$work/v.qcow2"
             v2v_stop
@@ -197,7 +207,7 @@ for l in open(sys.argv[1]):
         "$rq" "$rs" "$rv" $((arss / 1024)) $((srss / 1024)) $((wire >> 20)) \
         "$(median <"$work/acpu")" "$(median <"$work/scpu")"
 done
-echo "(median of $runs runs; ours = agent start to exit, the server's qcow2 complete and"
+echo "(median of $runs runs$([ -n "${P2V_BENCH_COLD:-}" ] && echo ", each from a cold page cache"); ours = agent start to exit, the server's qcow2 complete and"
 echo " synced; qemu = qemu-img convert (no sync), qsync = with -t writeback; v2v = nbdkit +"
 echo " ssh -L + qemu-img convert; o/X = ratio of medians; RSS = peak; wire = TLS bytes sent;"
 echo " a.cpu, s.cpu = CPU seconds (user + system) of agent and server per capture, medians)"
