@@ -129,7 +129,8 @@ enum imager_hash {
 enum imager_hash imager_hash_pick(void);
 
 struct imager_pipeline_opts {
-    int fd;                        /* the source, opened read-only (not closed by us) */
+    int fd;                        /* the source, opened read-only (not closed by us; its
+                                    * file offset moves: the pipeline reads with pread) */
     const char *path;              /* for messages */
     uint64_t disk_size;
     const struct imager_extent *ext; /* what to read (a plan's extents), sorted */

@@ -9,7 +9,9 @@
  * a read, as qemu-img does; holes count as read. Ahead of the reads, the next
  * PIPE_PREFETCH bytes of the plan are asked for with POSIX_FADV_WILLNEED, so that the
  * disk reads while the workers hash (a physical disk is read once, never from the page
- * cache, and one synchronous read at a time leaves it idle in between). Worker threads take the slots from a FIFO and do the CPU work: zero
+ * cache, and one synchronous read at a time leaves it idle in between).
+ *
+ * Worker threads take the slots from a FIFO and do the CPU work: zero
  * detection, the content hash (common's p2v_digest: one context per worker) and zstd compression (one ZSTD_CCtx per worker; a cheap sample test keeps random
  * data from costing a compression attempt). The level is an atomic that each worker reads
  * once per chunk, so an adaptive pipeline's caller can change it at any time

@@ -371,8 +371,10 @@ static int send_committed(struct srv_session *s)
  * (COMMITTED). 0 / -1 (an ERROR frame was sent when the store failed). */
 static int sess_commit(struct srv_session *s, bool notify)
 {
-    if (!s->job || commit_collect(s) < 0)
-        return s->job ? -1 : 0;
+    if (!s->job)
+        return 0;
+    if (commit_collect(s) < 0)
+        return -1;
     if (s->npend) {
         commit_begin(s);
         if (commit_collect(s) < 0)
@@ -781,9 +783,6 @@ static int start_pipeline(struct srv_session *s)
 {
     if (s->vstarted)
         return 0;
-    /* a commit made before the pipeline (none is) would be waited for without it */
-    if (commit_collect(s) < 0)
-        return -1;
     if ((s->cefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         return -1;
     pthread_mutex_init(&s->vlock, NULL);
